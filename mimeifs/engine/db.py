@@ -1,0 +1,189 @@
+"""The store: one directory holding one LMDB environment and the node's key.
+
+Layout of a store directory (DESIGN.md "Storage")::
+
+    <store>/lmdb/          LMDB environment (data.mdb, lock.mdb), named sub-databases
+    <store>/node.key       this node's ed25519 seed, hex, mode 0600
+    <store>/shares/        .mmfs share files
+    <store>/mount.json     written by a running daemon: {"pid", "mountpoint"}
+
+LMDB gives ACID transactions and many readers with one writer across processes. The map
+is large and sparse (1 TiB by default). A write transaction must stay on the thread that
+opened it, so every write here is begun, filled and committed inside one call.
+
+Named sub-databases are opened on first use with :meth:`Store.db`; the engine's names are
+listed in :data:`ENGINE_DBS`. Other layers use their own prefix (``ledger.``, ``credit.``,
+``net.``) and never touch the engine's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+import threading
+from typing import Iterator
+
+import lmdb
+
+from ..ids import NodeKey
+
+DEFAULT_MAP_SIZE = 1 << 40  # 1 TiB, sparse
+FORMAT_VERSION = b"1"
+
+#: Engine sub-databases: name -> what a record holds (see each module's docstring).
+ENGINE_DBS = {
+    "meta": "counters and format version",
+    "blocks": "chunk blake3 (32) -> codec byte + chunk bytes",
+    "objects": "object hash (32) -> codec byte + encoded manifest or tree",
+    "mimei": "MiMei ID (20) -> signed MiMei info (JSON)",
+    "state": "MiMei ID (20) -> local state JSON (cur root inode, last, release)",
+    "versions": "MiMei ID (20) + n (4, BE) -> signed version record (JSON)",
+    "names": "mark (UTF-8) -> MiMei ID (20), for this node's own MiMei",
+    "inodes": "inode (8, BE) -> packed inode record of a cur tree",
+    "dirents": "parent inode (8) + name -> child inode (8)",
+    "links": "child inode (8) + parent inode (8) + name -> b'' (reverse of dirents)",
+    "pages": "inode (8) + page number (8) -> page bytes (cur data not yet chunked)",
+    "xattrs": "inode (8) + name -> value",
+    "refs": "source ID (20) + target ID (20) -> b'' (references of cur)",
+    "refs_in": "target ID (20) + source ID (20) -> b'' (reverse of refs)",
+    "vrefs": "target ID (20) + source ID (20) + n (4) -> b'' (references kept by versions)",
+    "mac": "content hash (32) -> b'' (Mac files put on this node)",
+}
+
+
+class StoreError(Exception):
+    """A store cannot be opened or created (missing, already there, unreadable)."""
+
+
+def default_store_path(cli_value: str | None = None) -> str:
+    """The store path: ``--store``, else ``$MIMEIFS_STORE``, else the XDG data dir.
+
+    The XDG default is ``$XDG_DATA_HOME/mimeifs`` or ``~/.local/share/mimeifs``.
+    """
+    if cli_value:
+        return os.path.abspath(os.path.expanduser(cli_value))
+    env = os.environ.get("MIMEIFS_STORE")
+    if env:
+        return os.path.abspath(os.path.expanduser(env))
+    xdg = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(xdg, "mimeifs")
+
+
+class Store:
+    """An open store: LMDB environment, named sub-databases and the node key.
+
+    Use :meth:`create` once, then :meth:`open`. Transactions: ``with store.read() as txn``
+    and ``with store.write() as txn`` (committed on normal exit, aborted on exception).
+    ``sync()`` forces committed data to disk (the env runs with ``sync=False`` so cur
+    writes are cheap; versions call ``sync()`` before a backup returns).
+    """
+
+    def __init__(self, path: str, env: lmdb.Environment, key: NodeKey):
+        self.path = path
+        self.env = env
+        self.key = key
+        self.node_id = key.id
+        self._dbs: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    # -- lifecycle -------------------------------------------------------------------
+    @staticmethod
+    def _open_env(path: str, map_size: int) -> lmdb.Environment:
+        return lmdb.open(
+            os.path.join(path, "lmdb"),
+            map_size=map_size,
+            max_dbs=64,
+            max_readers=512,
+            sync=False,  # durability points are explicit: Store.sync()
+            metasync=False,
+            readahead=False,
+            lock=True,
+        )
+
+    @classmethod
+    def create(cls, path: str, map_size: int = DEFAULT_MAP_SIZE) -> "Store":
+        """Create a new store at ``path`` with a fresh node key.
+
+        Raises :class:`StoreError` if a store is already there.
+        """
+        path = os.path.abspath(path)
+        if os.path.exists(os.path.join(path, "node.key")):
+            raise StoreError(f"a store already exists at {path}")
+        os.makedirs(os.path.join(path, "lmdb"), exist_ok=True)
+        os.makedirs(os.path.join(path, "shares"), exist_ok=True)
+        key = NodeKey.generate()
+        key.save(os.path.join(path, "node.key"))
+        env = cls._open_env(path, map_size)
+        store = cls(path, env, key)
+        with store.write() as txn:
+            txn.put(b"format", FORMAT_VERSION, db=store.db("meta"))
+            txn.put(b"next_ino", struct.pack(">Q", 1 << 20), db=store.db("meta"))
+        store.sync()
+        return store
+
+    @classmethod
+    def open(cls, path: str, map_size: int = DEFAULT_MAP_SIZE) -> "Store":
+        """Open an existing store. Raises :class:`StoreError` if there is none."""
+        path = os.path.abspath(path)
+        keyfile = os.path.join(path, "node.key")
+        if not os.path.exists(keyfile):
+            raise StoreError(f"no store at {path} (run: mimeifs --store {path} init)")
+        try:
+            key = NodeKey.load(keyfile)
+        except (OSError, ValueError) as e:
+            raise StoreError(f"cannot read node key {keyfile}: {e}") from e
+        env = cls._open_env(path, map_size)
+        store = cls(path, env, key)
+        with store.read() as txn:
+            fmt = txn.get(b"format", db=store.db("meta"))
+        if fmt != FORMAT_VERSION:
+            raise StoreError(f"{path}: unknown store format {fmt!r}")
+        return store
+
+    def close(self) -> None:
+        """Sync and close the environment."""
+        with contextlib.suppress(lmdb.Error):
+            self.env.sync(True)
+        self.env.close()
+
+    def sync(self) -> None:
+        """Flush every committed transaction to disk (fdatasync)."""
+        self.env.sync(True)
+
+    # -- sub-databases and transactions ------------------------------------------------
+    def db(self, name: str):
+        """The named sub-database ``name`` (created on first use)."""
+        d = self._dbs.get(name)
+        if d is None:
+            with self._lock:
+                d = self._dbs.get(name)
+                if d is None:
+                    d = self.env.open_db(name.encode(), create=True)
+                    self._dbs[name] = d
+        return d
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[lmdb.Transaction]:
+        """A read-only transaction (a consistent snapshot)."""
+        txn = self.env.begin(write=False, buffers=False)
+        try:
+            yield txn
+        finally:
+            txn.abort()
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[lmdb.Transaction]:
+        """A write transaction: committed on normal exit, aborted on an exception."""
+        txn = self.env.begin(write=True)
+        try:
+            yield txn
+        except BaseException:
+            txn.abort()
+            raise
+        else:
+            txn.commit()
+
+    def shares_dir(self) -> str:
+        """Directory holding this store's ``.mmfs`` share files."""
+        return os.path.join(self.path, "shares")

@@ -1,0 +1,189 @@
+"""Property tests of the sparse Merkle tree against a plain dict (seed 002 Part II §V)."""
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mimeifs.engine.db import Store
+from mimeifs.ledger.proof import EMPTY_HASH, BadProof, Proof, check, compute_root, verify
+from mimeifs.ledger.smt import SMTError, SparseMerkleTree
+
+# Keys drawn from a small pool with shared prefixes, so that splits at many depths,
+# moves-up on delete and inserts above existing subtrees all happen.
+_BASE = [os.urandom(20) for _ in range(3)]
+
+
+def _key_strategy():
+    def mk(t):
+        base, bits, tail = t
+        k = bytearray(_BASE[base])
+        # flip one bit at depth `bits` and randomize a tail byte: near-colliding keys
+        k[bits // 8] ^= 0x80 >> (bits % 8)
+        k[19] = tail
+        return bytes(k)
+    return st.tuples(st.integers(0, 2), st.integers(0, 159), st.integers(0, 3)).map(mk)
+
+
+keys_st = _key_strategy()
+val_st = st.tuples(st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1))
+change_st = st.one_of(val_st, st.none())
+pulses_st = st.lists(st.dictionaries(keys_st, change_st, max_size=25), min_size=1, max_size=6)
+
+
+def fresh_tree(tmp_path_factory):
+    s = Store.create(str(tmp_path_factory.mktemp("smt") / "s"), map_size=1 << 28)
+    return s, SparseMerkleTree(s)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pulses=pulses_st, probe=st.lists(keys_st, max_size=8))
+def test_tree_matches_dict(tmp_path_factory, pulses, probe):
+    store, tree = fresh_tree(tmp_path_factory)
+    try:
+        model: dict[bytes, tuple[int, int]] = {}
+        history = []
+        for p, changes in enumerate(pulses):
+            root = tree.apply(p, changes)
+            for k, v in changes.items():
+                if v is None:
+                    model.pop(k, None)
+                else:
+                    model[k] = v
+            history.append((p, root, dict(model)))
+            assert tree.root(p) == root
+            # same membership, in key order
+            assert [(k, b, s) for k, b, s in tree.items(p)] == [(k, *model[k]) for k in sorted(model)]
+            # every member's inclusion proof verifies and shows its state
+            for k, v in model.items():
+                pr = tree.prove(k, p)
+                assert verify(pr.to_bytes(), root, k) == v
+                assert verify(pr.to_json(), root, k) == v
+            # every non-member's non-inclusion proof verifies
+            for k in list(changes) + probe:
+                if k not in model:
+                    pr = tree.prove(k, p)
+                    assert pr.kind in ("non-inclusion", "empty")
+                    assert verify(pr.to_bytes(), root, k) is None
+        if not model:
+            assert history[-1][1] == EMPTY_HASH
+        # past pulses are still readable and provable
+        for p, root, m in history:
+            assert dict((k, (b, s)) for k, b, s in tree.items(p)) == m
+            for k, v in list(m.items())[:3]:
+                assert verify(tree.prove(k, p), root, k) == v
+        # the root does not depend on the order of updates: rebuild the final state in one
+        # batch, in reverse order, on a fresh tree
+        s2, t2 = fresh_tree(tmp_path_factory)
+        try:
+            final = sorted(model.items(), reverse=True)
+            assert t2.apply(0, final) == history[-1][1]
+        finally:
+            s2.close()
+    finally:
+        store.close()
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pulses=pulses_st, data=st.data())
+def test_flipped_bit_breaks_proof(tmp_path_factory, pulses, data):
+    store, tree = fresh_tree(tmp_path_factory)
+    try:
+        for p, changes in enumerate(pulses):
+            root = tree.apply(p, changes)
+        key = data.draw(keys_st)
+        raw = tree.prove(key).to_bytes()
+        assert check(raw, root, key)
+        bit = data.draw(st.integers(0, len(raw) * 8 - 1))
+        bad = bytearray(raw)
+        bad[bit // 8] ^= 0x80 >> (bit % 8)
+        assert not check(bytes(bad), root, key)
+        # wrong root and wrong key fail too
+        assert not check(raw, bytes(32), key)
+        other = bytes([key[0] ^ 1]) + key[1:]
+        assert not check(raw, root, other)
+    finally:
+        store.close()
+
+
+def test_order_within_pulse_does_not_matter(store):
+    keys = [os.urandom(20) for _ in range(300)]
+    a = SparseMerkleTree(store, "ledger.a")
+    b = SparseMerkleTree(store, "ledger.b")
+    a.apply(1, [(k, (i, 0)) for i, k in enumerate(keys)])
+    b.apply(1, [(k, (i, 0)) for i, k in reversed(list(enumerate(keys)))])
+    assert a.root(1) == b.root(1) != EMPTY_HASH
+    # same final state through different pulse histories
+    a.apply(2, {keys[0]: None, keys[1]: (7, 1)})
+    b.apply(2, {keys[1]: (7, 1)})
+    b.apply(3, {keys[0]: None})
+    assert a.root(2) == b.root(3)
+
+
+def test_prune_keeps_window_and_shares_nodes(store):
+    t = SparseMerkleTree(store)
+    keys = [os.urandom(20) for _ in range(200)]
+    t.apply(0, {k: (1, 0) for k in keys})
+    n0 = t.node_count()
+    assert n0 == 2 * len(keys) - 1  # a path-compressed binary trie
+    t.apply(1, {keys[0]: (2, 1)})
+    grown = t.node_count() - n0
+    assert 1 < grown < 30  # only the changed path is written
+    t.apply(2, {keys[1]: None})
+    r2 = t.root(2)
+    deleted = t.prune(2)
+    assert deleted > 0
+    assert t.pulses() == [2]
+    assert t.node_count() == 2 * (len(keys) - 1) - 1
+    with pytest.raises(SMTError):
+        t.root(1)
+    for k in keys[2:20]:
+        assert verify(t.prove(k, 2), r2, k) == (1, 0)
+    assert verify(t.prove(keys[0]), r2, keys[0]) == (2, 1)
+
+
+def test_refusals(store):
+    t = SparseMerkleTree(store)
+    t.apply(5, {b"\x01" * 20: (1, 1)})
+    with pytest.raises(SMTError):
+        t.apply(5, {b"\x01" * 20: (2, 1)})
+    with pytest.raises(SMTError):
+        t.apply(6, {b"\x01" * 19: (2, 1)})
+    with pytest.raises(SMTError):
+        t.apply(6, {b"\x01" * 20: (-1, 1)})
+    with pytest.raises(SMTError):
+        t.root(4)
+
+
+def test_empty_tree_proof(store):
+    t = SparseMerkleTree(store)
+    t.apply(0, {})
+    pr = t.prove(b"\x05" * 20)
+    assert pr.kind == "empty"
+    assert verify(pr.to_bytes(), EMPTY_HASH, b"\x05" * 20) is None
+    with pytest.raises(BadProof):
+        verify(pr.to_bytes(), bytes(32))
+
+
+def test_forged_proofs_are_refused(store):
+    t = SparseMerkleTree(store)
+    keys = sorted(os.urandom(20) for _ in range(50))
+    root = t.apply(0, {k: (10, 0) for k in keys})
+    pr = t.prove(keys[3])
+    # claim a larger balance
+    forged = Proof(pr.key, pr.leaf[:20] + (11).to_bytes(8, "big") + pr.leaf[28:], pr.depths, pr.siblings)
+    with pytest.raises(BadProof):
+        verify(forged, root)
+    # claim non-inclusion of a member by showing another leaf's path
+    other = t.prove(keys[4])
+    forged = Proof(keys[3], other.leaf, other.depths, other.siblings)
+    with pytest.raises(BadProof):
+        verify(forged, root, keys[3])
+    # truncated / garbage bytes
+    for junk in (b"", b"\x01", pr.to_bytes()[:-1], pr.to_bytes() + b"\x00", b"\x02" + pr.to_bytes()[1:]):
+        with pytest.raises(BadProof):
+            verify(junk, root)
+    with pytest.raises(BadProof):
+        verify({"v": 1, "kind": "inclusion"}, root)
+    assert compute_root(pr) == root
