@@ -86,6 +86,8 @@ class Store:
         self.node_id = key.id
         self._dbs: dict[str, object] = {}
         self._lock = threading.Lock()
+        for name in ENGINE_DBS:
+            self.db(name)
 
     # -- lifecycle -------------------------------------------------------------------
     @staticmethod
@@ -152,14 +154,20 @@ class Store:
         self.env.sync(True)
 
     # -- sub-databases and transactions ------------------------------------------------
-    def db(self, name: str):
-        """The named sub-database ``name`` (created on first use)."""
+    def db(self, name: str, txn: lmdb.Transaction | None = None):
+        """The named sub-database ``name``, created on first use.
+
+        The engine's are opened with the store. Another layer's first call for a new
+        name must either come outside any transaction of this thread, or pass the
+        thread's open *write* transaction as ``txn`` (LMDB allows one writer: opening
+        a database with a second write transaction on the same thread deadlocks).
+        """
         d = self._dbs.get(name)
         if d is None:
             with self._lock:
                 d = self._dbs.get(name)
                 if d is None:
-                    d = self.env.open_db(name.encode(), create=True)
+                    d = self.env.open_db(name.encode(), txn=txn, create=True)
                     self._dbs[name] = d
         return d
 
