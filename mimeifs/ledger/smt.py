@@ -258,20 +258,21 @@ class SparseMerkleTree:
             if txn.get(_U32.pack(keep_from), db=self.roots) is None:
                 raise SMTError(f"no tree for pulse {keep_from}")
             n = 0
-            cur = txn.cursor(db=self.stale)
             limit = _U32.pack(keep_from + 1)
-            if cur.first():
-                while cur.key() < limit:
-                    txn.delete(cur.key()[4:], db=self.nodes)
-                    n += 1
-                    if not cur.delete():
-                        break
-            rc = txn.cursor(db=self.roots)
+            cur = txn.cursor(db=self.stale)
+            doomed = []
+            for k in cur.iternext(values=False):
+                if k >= limit:
+                    break
+                doomed.append(k)
+            for k in doomed:
+                txn.delete(k[4:], db=self.nodes)
+                txn.delete(k, db=self.stale)
+                n += 1
             lim = _U32.pack(keep_from)
-            if rc.first():
-                while rc.key() < lim:
-                    if not rc.delete():
-                        break
+            old = [k for k in txn.cursor(db=self.roots).iternext(values=False) if k < lim]
+            for k in old:
+                txn.delete(k, db=self.roots)
             return n
 
     def node_count(self, txn=None) -> int:
