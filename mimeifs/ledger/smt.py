@@ -31,8 +31,8 @@ writing, each pulse's nodes are appended at the end of the B-tree (dense pages).
   (93 bytes: d(1) || left hash(32) || right hash(32) || left pulse(4) || right pulse(4) ||
   prefix(20), the first ``d`` bits of every key below, zero-padded).
 - ``roots``: pulse (u32 BE) -> root ref (36), or b"" for the empty tree.
-- ``stale``: pulse p (u32 BE) || ref -> b"": the node left the tree at pulse p (it is part
-  of pulse p-1's tree but not of p's). :meth:`SparseMerkleTree.prune` uses it, as the
+- ``stale``: pulse p (u32 BE) -> the refs (36 bytes each, concatenated) of the nodes that
+  left the tree at pulse p (part of pulse p-1's tree but not of p's); one put per pulse. :meth:`SparseMerkleTree.prune` uses it, as the
   Jellyfish Merkle Tree (Diem) does, to drop versions older than a given pulse.
 
 Proofs: see :mod:`mimeifs.ledger.proof`.
@@ -40,6 +40,7 @@ Proofs: see :mod:`mimeifs.ledger.proof`.
 
 from __future__ import annotations
 
+import operator
 import struct
 from bisect import bisect_left
 from typing import Iterable, Iterator
@@ -53,6 +54,11 @@ KEY_BYTES = 20
 _U32 = struct.Struct(">I")
 _LEAF = struct.Struct(">20sQQ")
 _MAX_U64 = (1 << 64) - 1
+#: Internal nodes with a split depth below this are kept in memory between pulses (the
+#: paper's "Level 1 or 2 miners: all data must be in memory", Part II §VIII): every pulse
+#: of thousands of changes touches nearly all of them. 2**16 nodes at most, ~16 MB.
+CACHE_DEPTH = 16
+_first = operator.itemgetter(0)
 
 
 class SMTError(Exception):
@@ -94,6 +100,9 @@ class SparseMerkleTree:
         self.nodes = store.db(name + ".nodes")
         self.roots = store.db(name + ".roots")
         self.stale = store.db(name + ".stale")
+        # ref -> value of internal nodes above depth CACHE_DEPTH (immutable, so never stale;
+        # entries leave when their node leaves the newest tree)
+        self._cache: dict[bytes, bytes] = {}
 
     # -- versions ------------------------------------------------------------------
     def latest_pulse(self, txn=None) -> int | None:
@@ -235,15 +244,16 @@ class SparseMerkleTree:
             byint[int.from_bytes(key, "big")] = None if val is None else leaf_value(bytes(key), val[0], val[1])
         keys = sorted(byint)
         vals = [byint[k] for k in keys]
-        up = _Updater(txn, self.nodes, _U32.pack(pulse), keys, vals)
-        new = up.update(base, 0, len(keys)) if keys else base
         pp = _U32.pack(pulse)
-        if up.puts:
-            up.puts.sort()
-            txn.cursor(db=self.nodes).putmulti(up.puts, append=True)
-        if up.stale:
-            up.stale.sort()
-            txn.cursor(db=self.stale).putmulti([(pp + r, b"") for r in up.stale], append=True)
+        new, puts, stale = _batch_update(txn, self.nodes, self._cache, pp, keys, vals, base)
+        if puts:
+            puts.sort(key=_first)
+            txn.cursor(db=self.nodes).putmulti(puts, append=True)
+        if stale:
+            txn.put(pp, b"".join(stale), db=self.stale, append=True)
+            pop = self._cache.pop
+            for r in stale:
+                pop(r, None)
         txn.put(pp, new or b"", db=self.roots, append=True)
         return EMPTY_HASH if new is None else new[4:]
 
@@ -261,14 +271,15 @@ class SparseMerkleTree:
             limit = _U32.pack(keep_from + 1)
             cur = txn.cursor(db=self.stale)
             doomed = []
-            for k in cur.iternext(values=False):
+            for k, blob in cur:
                 if k >= limit:
                     break
                 doomed.append(k)
+                for i in range(0, len(blob), 36):
+                    txn.delete(blob[i:i + 36], db=self.nodes)
+                    n += 1
             for k in doomed:
-                txn.delete(k[4:], db=self.nodes)
                 txn.delete(k, db=self.stale)
-                n += 1
             lim = _U32.pack(keep_from)
             old = [k for k in txn.cursor(db=self.roots).iternext(values=False) if k < lim]
             for k in old:
@@ -283,33 +294,33 @@ class SparseMerkleTree:
         return txn.stat(self.nodes)["entries"]
 
 
-class _Updater:
-    """One batch update (internal). ``keys`` sorted ints, ``vals`` leaf values or None.
+def _batch_update(txn, db, cache: dict, pp: bytes, keys: list[int], vals: list, base):
+    """One batch update (internal): returns (new root ref, new nodes, stale refs).
 
+    ``keys`` are sorted ints, ``vals`` the matching 36-byte leaf values or None (delete).
     ``update(ref, lo, hi)`` returns the new ref of the subtree at ``ref`` after applying
-    items ``lo:hi`` (all of which fall inside the subtree's parent's branch).
+    items ``lo:hi``; ``build(lo, hi)`` makes a new subtree of items ``lo:hi``. Each touched
+    node is read once (from ``cache`` when it is one of the top levels) and hashed once.
+    Written as closures over locals: this loop is the ledger's hot path.
     """
+    puts: list[tuple[bytes, bytes]] = []
+    stale: list[bytes] = []
+    put = puts.append
+    get = txn.get
+    cget = cache.get
+    h3 = blake3
+    bl = bisect_left
 
-    __slots__ = ("txn", "db", "pp", "keys", "vals", "puts", "stale")
-
-    def __init__(self, txn, db, pp: bytes, keys: list[int], vals: list):
-        self.txn, self.db, self.pp, self.keys, self.vals = txn, db, pp, keys, vals
-        self.puts: list[tuple[bytes, bytes]] = []
-        self.stale: list[bytes] = []
-
-    def _leaf(self, v: bytes) -> bytes:
-        ref = self.pp + blake3(LEAF + v).digest()
-        self.puts.append((ref, v))
-        return ref
-
-    def _node(self, d: int, left: bytes, right: bytes, prefix: int) -> bytes:
+    def node(d: int, left: bytes, right: bytes, prefix: int) -> bytes:
         head = bytes((d,)) + left[4:] + right[4:]
-        ref = self.pp + blake3(NODE + head).digest()
-        self.puts.append((ref, head + left[:4] + right[:4] + prefix.to_bytes(20, "big")))
+        ref = pp + h3(NODE + head).digest()
+        v = head + left[:4] + right[:4] + prefix.to_bytes(20, "big")
+        put((ref, v))
+        if d < CACHE_DEPTH:
+            cache[ref] = v
         return ref
 
-    def build(self, lo: int, hi: int) -> bytes | None:
-        vals = self.vals
+    def build(lo: int, hi: int):
         while lo < hi and vals[lo] is None:
             lo += 1
         while lo < hi and vals[hi - 1] is None:
@@ -317,72 +328,79 @@ class _Updater:
         if lo == hi:
             return None
         if hi - lo == 1:
-            return self._leaf(vals[lo])
-        keys = self.keys
+            v = vals[lo]
+            ref = pp + h3(LEAF + v).digest()
+            put((ref, v))
+            return ref
         a = keys[lo]
         j = 160 - (a ^ keys[hi - 1]).bit_length()
         s = 159 - j
-        split = bisect_left(keys, ((a >> s) | 1) << s, lo, hi)
-        left = self.build(lo, split)
-        right = self.build(split, hi)
+        split = bl(keys, ((a >> s) | 1) << s, lo, hi)
+        left = build(lo, split)
+        right = build(split, hi)
         if left is None:
             return right
         if right is None:
             return left
-        return self._node(j, left, right, (a >> (s + 1)) << (s + 1))
+        return node(j, left, right, (a >> (s + 1)) << (s + 1))
 
-    def update(self, ref: bytes | None, lo: int, hi: int) -> bytes | None:
-        if lo == hi:
-            return ref
+    def update(ref, lo: int, hi: int):
         if ref is None:
-            return self.build(lo, hi)
-        v = self.txn.get(ref, db=self.db)
-        keys = self.keys
+            return build(lo, hi)
+        v = cget(ref)
+        if v is None:
+            v = get(ref, db=db)
         kmin = keys[lo]
         kmax = keys[hi - 1]
         if len(v) == 36:
-            d = 160
             p = int.from_bytes(v[:20], "big")
             if kmin == p and kmax == p:  # the one item is this leaf's key
-                nv = self.vals[lo]
+                nv = vals[lo]
                 if nv == v:
                     return ref
-                self.stale.append(ref)
-                return None if nv is None else self._leaf(nv)
+                stale.append(ref)
+                if nv is None:
+                    return None
+                nref = pp + h3(LEAF + nv).digest()
+                put((nref, nv))
+                return nref
             plo = phi = p
         else:
             d = v[0]
             p = int.from_bytes(v[73:93], "big")
             sh = 160 - d
-            if (kmin >> sh) == (p >> sh) and (kmax >> sh) == (p >> sh):
+            if not ((kmin ^ p) >> sh) and not ((kmax ^ p) >> sh):
                 s = 159 - d
-                split = bisect_left(keys, ((p >> s) | 1) << s, lo, hi)
+                split = bl(keys, ((p >> s) | 1) << s, lo, hi)
                 lref = v[65:69] + v[1:33]
                 rref = v[69:73] + v[33:65]
-                nl = self.update(lref, lo, split) if split > lo else lref
-                nr = self.update(rref, split, hi) if hi > split else rref
+                nl = update(lref, lo, split) if split > lo else lref
+                nr = update(rref, split, hi) if hi > split else rref
                 if nl == lref and nr == rref:
                     return ref
-                self.stale.append(ref)
+                stale.append(ref)
                 if nl is None:
                     return nr
                 if nr is None:
                     return nl
-                return self._node(d, nl, nr, p)
+                return node(d, nl, nr, p)
             plo = p
             phi = p | ((1 << sh) - 1)
         # Some items fall outside this subtree's prefix: split above it at depth j < d.
         j = 160 - ((kmin if kmin < plo else plo) ^ (kmax if kmax > phi else phi)).bit_length()
         s = 159 - j
-        split = bisect_left(keys, ((plo >> s) | 1) << s, lo, hi)
+        split = bl(keys, ((plo >> s) | 1) << s, lo, hi)
         if (plo >> s) & 1:
-            left = self.build(lo, split)
-            right = self.update(ref, split, hi)
+            left = build(lo, split)
+            right = update(ref, split, hi) if hi > split else ref
         else:
-            left = self.update(ref, lo, split)
-            right = self.build(split, hi)
+            left = update(ref, lo, split) if split > lo else ref
+            right = build(split, hi)
         if left is None:
             return right
         if right is None:
             return left
-        return self._node(j, left, right, (plo >> (s + 1)) << (s + 1))
+        return node(j, left, right, (plo >> (s + 1)) << (s + 1))
+
+    new = update(base, 0, len(keys)) if keys else base
+    return new, puts, stale
