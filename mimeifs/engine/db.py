@@ -35,7 +35,8 @@ FORMAT_VERSION = b"1"
 ENGINE_DBS = {
     "meta": "counters and format version",
     "blocks": "chunk blake3 (32) -> codec byte + chunk bytes",
-    "objects": "object hash (32) -> codec byte + encoded manifest or tree",
+    "manifests": "file content hash (32) -> encoded manifest (objects.Manifest)",
+    "trees": "tree hash (32) -> codec byte + encoded tree (objects.encode_tree)",
     "mimei": "MiMei ID (20) -> signed MiMei info (JSON)",
     "state": "MiMei ID (20) -> local state JSON (cur root inode, last, release)",
     "versions": "MiMei ID (20) + n (4, BE) -> signed version record (JSON)",
@@ -45,6 +46,7 @@ ENGINE_DBS = {
     "links": "child inode (8) + parent inode (8) + name -> b'' (reverse of dirents)",
     "pages": "inode (8) + page number (8) -> page bytes (cur data not yet chunked)",
     "xattrs": "inode (8) + name -> value",
+    "orphans": "inode (8) -> b'' (unlinked while still open; freed on forget or next mount)",
     "refs": "source ID (20) + target ID (20) -> b'' (references of cur)",
     "refs_in": "target ID (20) + source ID (20) -> b'' (reverse of refs)",
     "vrefs": "target ID (20) + source ID (20) + n (4) -> b'' (references kept by versions)",

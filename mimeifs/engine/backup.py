@@ -1,0 +1,181 @@
+"""Freeze cur into the immutable Merkle DAG (a backup) and check a tree back out.
+
+The papers' "backup" commits cur as version n+1 (seed 001 §6.2, DESIGN.md "Storage").
+Cost grows with what changed: :func:`freeze_dir` returns a clean directory's cached tree
+hash without reading below it, and a clean file's cached content hash without reading
+its data; only dirty files are re-chunked (FastCDC keeps unchanged stretches deduped).
+
+Hard links in cur become separate entries with the same content in a version (git and
+restic do the same); content is stored once either way.
+"""
+
+from __future__ import annotations
+
+import stat
+
+import blake3
+
+from . import blocks, objects
+from .objects import Entry, Manifest
+from .worktree import ZERO32, Inode, Worktree, ikey
+
+_READ_STEP = 4 << 20
+
+
+class _NodeReader:
+    """A ``readinto`` stream over a cur file's current content (for FastCDC)."""
+
+    def __init__(self, wt: Worktree, txn, node: Inode):
+        self.wt, self.txn, self.node, self.pos = wt, txn, node, 0
+        self.hasher = blake3.blake3()
+
+    def readinto(self, b) -> int:
+        n = min(len(b), _READ_STEP, self.node.size - self.pos)
+        if n <= 0:
+            return 0
+        data = self.wt.read_node(self.txn, self.node, self.pos, n)
+        b[:len(data)] = data
+        self.hasher.update(data)
+        self.pos += len(data)
+        return len(data)
+
+
+def chunk_and_store(txn, store, pieces) -> tuple[list[bytes], list[int], int]:
+    """Encode chunk views in the worker pool and store new ones.
+
+    Returns (chunk hashes, lengths, bytes newly stored). Works in batches of 64 so
+    memory stays bounded for files of several GiB.
+    """
+    d_blocks = store.db("blocks")
+    hashes, lengths, added = [], [], 0
+    batch = []
+
+    def flush():
+        nonlocal added
+        enc = blocks.encode_many(batch)
+        added += blocks.put_chunks(txn, d_blocks, enc)
+        hashes.extend(h for h, _, _ in enc)
+        lengths.extend(n for _, _, n in enc)
+        batch.clear()
+
+    for c in pieces:
+        batch.append(c)
+        if len(batch) >= 64:
+            flush()
+    if batch:
+        flush()
+    return hashes, lengths, added
+
+
+def materialize(txn, wt: Worktree, node: Inode) -> tuple[bytes, int]:
+    """Chunk a dirty file's content into blocks and a manifest: (content hash, new bytes)."""
+    store = wt.store
+    if node.size <= 8 << 20:
+        data = wt.read_node(txn, node, 0, node.size)
+        h = blake3.blake3(data).digest()
+        hashes, lengths, added = chunk_and_store(txn, store, blocks.cut(data))
+    else:
+        rd = _NodeReader(wt, txn, node)
+        pieces = (bytes(c.data) for c in blocks.chunker().cut_stream(rd))
+        hashes, lengths, added = chunk_and_store(txn, store, pieces)
+        h = rd.hasher.digest()
+    objects.store_manifest(txn, store.db("manifests"), Manifest(h, node.size, hashes, lengths))
+    return h, added
+
+
+def freeze_file(txn, wt: Worktree, node: Inode) -> tuple[bytes, int]:
+    """A file's content hash, materializing it if dirty: (hash, new bytes stored)."""
+    if node.frozen != ZERO32:
+        return node.frozen, 0
+    h, added = materialize(txn, wt, node)
+    wt.drop_data(txn, node.ino)
+    node.base = node.frozen = h
+    node.aux = node.size
+    wt.save(txn, node)
+    return h, added
+
+
+def entry_of(txn, wt: Worktree, name: bytes, c: Inode, h: bytes, size: int) -> Entry:
+    xs = tuple(sorted(wt.xattr_items(txn, c.ino))) if c.flags & 1 else ()
+    return Entry(name, c.mode, c.uid, c.gid, size, c.mtime_ns, c.rdev, h,
+                 c.target if c.is_lnk else b"", xs)
+
+
+def freeze_dir(txn, wt: Worktree, node: Inode, stats: dict) -> tuple[bytes, int]:
+    """A directory's tree hash and total file bytes below, building dirty subtrees."""
+    if node.frozen != ZERO32:
+        return node.frozen, node.aux
+    entries, total = [], 0
+    for name, cino in wt.list_dir(txn, node.ino):
+        c = wt.get(txn, cino)
+        if c.is_dir:
+            h, size = freeze_dir(txn, wt, c, stats)
+            total += size
+        elif c.is_reg:
+            stats["files"] += c.frozen == ZERO32
+            h, added = freeze_file(txn, wt, c)
+            stats["new_bytes"] += added
+            size = c.size
+            total += size
+        else:
+            h, size = b"", c.size
+        entries.append(entry_of(txn, wt, name, c, h, size))
+    h = objects.store_tree(txn, wt.store.db("trees"), entries)
+    stats["trees"] += 1
+    node = wt.get(txn, node.ino)
+    node.frozen, node.aux = h, total
+    wt.save(txn, node)
+    return h, total
+
+
+def freeze(txn, wt: Worktree, root_ino: int) -> tuple[str, bytes, int, dict]:
+    """Freeze a cur root: (kind "fs"|"file", root hash, total bytes, stats)."""
+    stats = {"new_bytes": 0, "files": 0, "trees": 0}
+    root = wt.get(txn, root_ino)
+    if root.is_dir:
+        h, total = freeze_dir(txn, wt, root, stats)
+        return "fs", h, total, stats
+    h, added = freeze_file(txn, wt, root)
+    stats["new_bytes"] = added
+    return "file", h, root.size, stats
+
+
+def checkout_entries(txn, wt: Worktree, parent: Inode, tree: objects.Tree) -> None:
+    """Create cur inodes for a version tree under directory ``parent`` (clean, shared)."""
+    objs, d_trees = wt.objs, wt.store.db("trees")
+    for e in tree.entries:
+        t = e.mtime_ns
+        if stat.S_ISLNK(e.mode):
+            node = wt.new_inode(txn, parent.mimei, e.mode, e.uid, e.gid, 0, e.target, t)
+        else:
+            node = wt.new_inode(txn, parent.mimei, e.mode, e.uid, e.gid, e.rdev, b"", t)
+        if e.is_file:
+            node.size, node.aux, node.base, node.frozen = e.size, e.size, e.hash, e.hash
+        elif e.is_dir:
+            node.aux, node.frozen = e.size, e.hash
+        if e.xattrs:
+            for k, v in e.xattrs:
+                txn.put(ikey(node.ino) + k, v, db=wt.d_xattrs)
+            node.flags |= 1
+        wt.link_entry(txn, parent.ino, e.name, node)
+        if e.is_dir:
+            checkout_entries(txn, wt, wt.get(txn, node.ino), objs.tree(txn, d_trees, e.hash))
+
+
+def checkout(txn, wt: Worktree, root_ino: int, kind: str, root_hash: bytes, size: int,
+             is_open=lambda ino: False) -> None:
+    """Make cur (root ``root_ino``) equal to a version: clean, sharing its blocks."""
+    root = wt.get(txn, root_ino)
+    if kind == "file":
+        wt.drop_data(txn, root.ino)
+        root.size = root.aux = size
+        root.base = root.frozen = root_hash
+        wt.save(txn, root)
+        return
+    for name, cino in wt.list_dir(txn, root_ino):
+        wt.remove_tree(txn, root_ino, name, wt.get(txn, cino), is_open)
+    root = wt.get(txn, root_ino)
+    checkout_entries(txn, wt, root, wt.objs.tree(txn, wt.store.db("trees"), root_hash))
+    root = wt.get(txn, root_ino)
+    root.frozen, root.aux = root_hash, size
+    wt.save(txn, root)

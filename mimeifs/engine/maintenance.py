@@ -1,0 +1,221 @@
+"""Store upkeep: ``check`` (verify everything) and ``gc`` (free unused blocks).
+
+check — every MiMei info and version record signature (ed25519), every tree (decodes,
+and its hash is blake3-derive-key of its encoding), every manifest (decodes, chunk
+lengths add up, the content's blake3 is its key), every chunk (decompresses, blake3
+matches), every cur inode's base manifest. Each object is checked once however many
+versions share it.
+
+gc — mark and sweep, as ``git gc`` and ``restic prune``: live = everything reachable from
+every version, every cur inode, every Mac file; the rest of ``blocks``, ``manifests``
+and ``trees`` is deleted. It runs in one write transaction, so no writer (an import, a
+mount) can add a reference half-way.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Callable
+
+import blake3
+
+from .. import ids
+from . import blocks, objects
+from .worktree import ZERO32, Inode
+
+
+def _walk_versions(txn, e, on_version):
+    with txn.cursor(db=e.d_versions) as c:
+        for k, v in c:
+            on_version(bytes(k), v)
+
+
+def check(engine, progress: Callable[[int], None] | None = None) -> dict:
+    """Verify the whole store. Returns ``{"problems": [str], "versions", "trees",
+    "manifests", "chunks", "bytes"}``; an empty ``problems`` list means clean."""
+    e = engine
+    progress = progress or (lambda n: None)
+    problems: list[str] = []
+    seen_trees: set[bytes] = set()
+    seen_manifests: set[bytes] = set()
+    seen_chunks: set[bytes] = set()
+    counts = {"versions": 0, "mimei": 0, "trees": 0, "manifests": 0, "chunks": 0, "bytes": 0}
+
+    with e.store.read() as txn:
+        def chunk_ok(h: bytes, n: int) -> bool:
+            if h in seen_chunks:
+                return True
+            seen_chunks.add(h)
+            raw = txn.get(h, db=e.d_blocks)
+            if raw is None:
+                problems.append(f"chunk {h.hex()}: missing")
+                return False
+            try:
+                data = blocks.decode_chunk(raw, n)
+            except blocks.CorruptBlock as x:
+                problems.append(f"chunk {h.hex()}: {x}")
+                return False
+            counts["chunks"] += 1
+            counts["bytes"] += len(data)
+            progress(len(data))
+            if len(data) != n or blake3.blake3(data).digest() != h:
+                problems.append(f"chunk {h.hex()}: content does not match its hash")
+                return False
+            return True
+
+        def manifest_ok(h: bytes, where: str) -> None:
+            if h in seen_manifests:
+                return
+            seen_manifests.add(h)
+            raw = txn.get(h, db=e.d_manifests)
+            if raw is None:
+                problems.append(f"{where}: manifest {h.hex()} missing")
+                return
+            try:
+                m = objects.Manifest.decode(h, bytes(raw))
+            except blocks.CorruptBlock as x:
+                problems.append(f"{where}: {x}")
+                return
+            counts["manifests"] += 1
+            hasher = blake3.blake3()
+            good = True
+            for ch, n in zip(m.chunks, m.lengths):
+                if not chunk_ok(ch, n):
+                    good = False
+                    continue
+                hasher.update(blocks.load_chunk(txn, e.d_blocks, ch, n))
+            if good and hasher.digest() != h:
+                problems.append(f"{where}: file content does not match its hash {h.hex()}")
+
+        def tree_ok(h: bytes, where: str) -> None:
+            stack = [(h, where)]
+            while stack:
+                th, w = stack.pop()
+                if th in seen_trees:
+                    continue
+                seen_trees.add(th)
+                raw = txn.get(th, db=e.d_trees)
+                if raw is None:
+                    problems.append(f"{w}: tree {th.hex()} missing")
+                    continue
+                try:
+                    enc = blocks.decode_chunk(raw)
+                    t = objects.decode_tree(th, enc)
+                except blocks.CorruptBlock as x:
+                    problems.append(f"{w}: {x}")
+                    continue
+                if blake3.blake3(enc, derive_key_context=objects.TREE_CONTEXT).digest() != th:
+                    problems.append(f"{w}: tree {th.hex()} does not match its hash")
+                counts["trees"] += 1
+                for en in t.entries:
+                    sub = f"{w}/{en.name.decode(errors='replace')}"
+                    if en.is_dir:
+                        stack.append((en.hash, sub))
+                    elif en.is_file:
+                        manifest_ok(en.hash, sub)
+
+        for k, v in txn.cursor(db=e.d_mimei):
+            counts["mimei"] += 1
+            mid = bytes(k).hex()
+            try:
+                info = json.loads(v)
+                ids.verify_record(info, info.get("author"))
+                if info.get("id") != mid or ids.mimei_id(info["author"], info["app_type"],
+                                                         info["mimei_type"], info["mark"]) != mid:
+                    problems.append(f"MiMei {mid}: info does not hash to its ID")
+            except (ValueError, KeyError, ids.BadSignature) as x:
+                problems.append(f"MiMei {mid}: info record: {x}")
+
+        def on_version(k: bytes, v) -> None:
+            counts["versions"] += 1
+            mid, n = k[:20].hex(), int.from_bytes(k[20:24], "big")
+            where = f"{mid} v/{n}"
+            try:
+                rec = json.loads(v)
+                info = json.loads(txn.get(k[:20], db=e.d_mimei))
+                ids.verify_record(rec, info["author"])
+                if rec["mimei"] != mid or rec["n"] != n:
+                    problems.append(f"{where}: record names {rec['mimei']} v/{rec['n']}")
+            except (ValueError, KeyError, TypeError, ids.BadSignature) as x:
+                problems.append(f"{where}: version record: {x}")
+                return
+            root = bytes.fromhex(rec["root"])
+            if rec["kind"] == "fs":
+                tree_ok(root, where)
+            else:
+                manifest_ok(root, where)
+
+        _walk_versions(txn, e, on_version)
+
+        for k, v in txn.cursor(db=e.wt.d_inodes):
+            node = Inode.unpack(int.from_bytes(k, "big"), v)
+            if node.is_reg and node.base != ZERO32:
+                manifest_ok(node.base, f"cur inode {node.ino}")
+        for k in txn.cursor(db=e.d_mac).iternext(values=False):
+            manifest_ok(bytes(k), f"Mac file {bytes(k).hex()}")
+    return dict(counts, problems=problems)
+
+
+def gc(engine) -> dict:
+    """Free every chunk, manifest and tree no version, cur inode or Mac file uses.
+
+    Returns ``{"chunks_freed", "bytes_freed" (stored bytes), "manifests_freed",
+    "trees_freed", "chunks_kept"}``.
+    """
+    e = engine
+    with e.store.write() as txn:
+        live_trees: set[bytes] = set()
+        live_manifests: set[bytes] = set()
+
+        def mark_tree(h: bytes) -> None:
+            stack = [h]
+            while stack:
+                th = stack.pop()
+                if th in live_trees:
+                    continue
+                live_trees.add(th)
+                t = e.objs.tree(txn, e.d_trees, th)
+                for en in t.entries:
+                    if en.is_dir:
+                        stack.append(en.hash)
+                    elif en.is_file:
+                        live_manifests.add(en.hash)
+
+        for _k, v in txn.cursor(db=e.d_versions):
+            rec = json.loads(v)
+            root = bytes.fromhex(rec["root"])
+            if rec["kind"] == "fs":
+                mark_tree(root)
+            else:
+                live_manifests.add(root)
+        for k, v in txn.cursor(db=e.wt.d_inodes):
+            node = Inode.unpack(int.from_bytes(k, "big"), v)
+            if node.is_reg and node.base != ZERO32:
+                live_manifests.add(node.base)
+            if node.is_dir and node.frozen != ZERO32:
+                mark_tree(node.frozen)
+        for k in txn.cursor(db=e.d_mac).iternext(values=False):
+            live_manifests.add(bytes(k))
+
+        live_chunks: set[bytes] = set()
+        for h in live_manifests:
+            raw = txn.get(h, db=e.d_manifests)
+            if raw is not None:
+                live_chunks.update(objects.Manifest.decode(h, bytes(raw)).chunks)
+
+        out = {"chunks_freed": 0, "bytes_freed": 0, "manifests_freed": 0, "trees_freed": 0}
+        for db, live, key in ((e.d_blocks, live_chunks, "chunks_freed"),
+                              (e.d_manifests, live_manifests, "manifests_freed"),
+                              (e.d_trees, live_trees, "trees_freed")):
+            dead = []
+            for k, v in txn.cursor(db=db):
+                if bytes(k) not in live:
+                    dead.append(bytes(k))
+                    if key == "chunks_freed":
+                        out["bytes_freed"] += len(v)
+            for k in dead:
+                txn.delete(k, db=db)
+            out[key] = len(dead)
+        out["chunks_kept"] = len(live_chunks)
+    e.store.sync()
+    return out

@@ -1,0 +1,445 @@
+"""MiMei as a whole: create, info, backup, release, restore, fork, log, references, rm.
+
+Sources: seed 001/002 Part I §V (MiMei ID, MiMei info: author, app type, ext, mark,
+create time, rights), §6.2 (versions cur / last / release), §6.3 (references:
+MMAddRef / MMDelRef / MMGetRef), DESIGN.md "Storage" and "Identities and IDs".
+
+Records (JSON, signed by the author's key with ``ids.NodeKey.sign_record``):
+
+- info: ``{"type": "mimei", "id", "author", "app_type", "mimei_type", "ext", "mark",
+  "created" (ns), "rights"}``
+- version: ``{"type": "version", "mimei", "n", "kind" ("fs"|"file"), "root" (hex),
+  "parent" (n-1 or null), "fork_of" ({"mimei", "n"} or null), "time" (ns), "size"
+  (bytes of files), "memo", "refs" (sorted IDs), "author"}``
+- release pointer: ``{"type": "release", "mimei", "n", "time", "author"}``
+
+Local state (not signed; this node's bookkeeping) in ``state``: ``{"cur": root inode,
+"last": n or null, "release": signed release pointer or null}``.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import secrets
+import stat
+import struct
+import threading
+import time
+from dataclasses import dataclass
+
+from .. import ids
+from . import backup as bk
+from . import blocks, objects
+from .db import Store
+from .worktree import ROOT_PARENT, Worktree, fserr, ikey
+
+MIMEI_TYPES = ("fs", "file", "db")
+_N = struct.Struct(">I")
+
+
+class MiMeiError(Exception):
+    """A MiMei-level request cannot be done; ``errno`` says why (ENOENT, EEXIST, ...)."""
+
+    def __init__(self, code: int, msg: str):
+        super().__init__(msg)
+        self.errno = code
+
+
+def _id20(mimei: str) -> bytes:
+    if not ids.is_id(mimei):
+        raise MiMeiError(errno.ENOENT, f"not a MiMei ID: {mimei!r}")
+    return bytes.fromhex(mimei)
+
+
+@dataclass
+class VersionNode:
+    """What a path inside a version names: an entry of its Merkle DAG."""
+    mimei: str
+    n: int
+    entry: objects.Entry
+
+
+class Engine:
+    """The store's MiMei: the facade the CLI and the mount call.
+
+    Thread-safe for reads; writes serialize on LMDB's single writer. ``is_open(ino)``
+    (set by a running mount) tells whether the kernel still holds an inode, so an
+    unlinked file that is open stays readable until released.
+    """
+
+    def __init__(self, store: Store, chunk_cache_bytes: int = 128 << 20):
+        self.store = store
+        self.node_id = store.node_id
+        self._own: dict[bytes, bool] = {}
+        self._own_lock = threading.Lock()
+        self.chunks = blocks.ChunkCache(chunk_cache_bytes)
+        self.objs = objects.ObjectCache(8192)
+        self.wt = Worktree(store, self.can_write, self.chunks, self.objs)
+        self.is_open = lambda ino: False
+        s = store
+        self.d_mimei, self.d_state, self.d_versions = s.db("mimei"), s.db("state"), s.db("versions")
+        self.d_names, self.d_refs, self.d_refs_in = s.db("names"), s.db("refs"), s.db("refs_in")
+        self.d_vrefs, self.d_mac = s.db("vrefs"), s.db("mac")
+        self.d_trees, self.d_manifests, self.d_blocks = s.db("trees"), s.db("manifests"), s.db("blocks")
+
+    # ------------------------------------------------------------------ info / state
+    def can_write(self, mimei20: bytes) -> bool:
+        """True if this node's key authored the MiMei (its cur is writable here)."""
+        v = self._own.get(mimei20)
+        if v is None:
+            with self.store.read() as txn:
+                raw = txn.get(mimei20, db=self.d_mimei)
+            v = raw is not None and json.loads(raw)["author"] == self.node_id
+            with self._own_lock:
+                self._own[mimei20] = v
+        return v
+
+    def _info(self, txn, m20: bytes) -> dict:
+        raw = txn.get(m20, db=self.d_mimei)
+        if raw is None:
+            raise MiMeiError(errno.ENOENT, f"no MiMei {m20.hex()} in this store")
+        return json.loads(raw)
+
+    def _state(self, txn, m20: bytes) -> dict:
+        raw = txn.get(m20, db=self.d_state)
+        if raw is None:
+            raise MiMeiError(errno.ENOENT, f"no MiMei {m20.hex()} in this store")
+        return json.loads(raw)
+
+    def _put_state(self, txn, m20: bytes, st: dict) -> None:
+        txn.put(m20, json.dumps(st).encode(), db=self.d_state)
+
+    def info(self, mimei: str) -> dict:
+        """The signed MiMei info record. Raises :class:`MiMeiError` (ENOENT)."""
+        with self.store.read() as txn:
+            return self._info(txn, _id20(mimei))
+
+    def state(self, mimei: str) -> dict:
+        """Local state: ``{"cur": ino, "last": n|None, "release": record|None}``."""
+        with self.store.read() as txn:
+            return self._state(txn, _id20(mimei))
+
+    def exists(self, mimei: str) -> bool:
+        if not ids.is_id(mimei):
+            return False
+        with self.store.read() as txn:
+            return txn.get(bytes.fromhex(mimei), db=self.d_state) is not None
+
+    def list(self) -> list[str]:
+        """IDs of every MiMei in the store, sorted."""
+        with self.store.read() as txn:
+            return [bytes(k).hex() for k in txn.cursor(db=self.d_state).iternext(values=False)]
+
+    def names(self) -> dict[str, str]:
+        """mark -> MiMei ID for this node's own MiMei."""
+        with self.store.read() as txn:
+            return {bytes(k).decode(): bytes(v).hex() for k, v in txn.cursor(db=self.d_names)}
+
+    def resolve(self, spec: str) -> str:
+        """A MiMei ID from an ID, a mark of this node's own MiMei, or a path in a mount.
+
+        Raises :class:`MiMeiError` (ENOENT) if nothing matches.
+        """
+        if ids.is_id(spec) and self.exists(spec):
+            return spec
+        with self.store.read() as txn:
+            raw = txn.get(spec.encode(), db=self.d_names)
+        if raw is not None:
+            return bytes(raw).hex()
+        if os.path.exists(spec):
+            try:
+                v = os.getxattr(spec, "user.mimei.id")
+                if ids.is_id(v.decode()):
+                    return v.decode()
+            except OSError:
+                pass
+            parts = os.path.realpath(spec).split(os.sep)
+            for i, p in enumerate(parts[:-1]):
+                if p == "mm" and ids.is_id(parts[i + 1]):
+                    return parts[i + 1]
+        raise MiMeiError(errno.ENOENT, f"no MiMei matches {spec!r} (ID, mark or path)")
+
+    # ------------------------------------------------------------------ create / rm
+    def create(self, mimei_type: str, mark: str, app_type: str = "", ext: str = "",
+               uid: int | None = None, gid: int | None = None, mode: int | None = None) -> str:
+        """Create a MiMei of this node; returns its ID.
+
+        Idempotent: the same (author, app type, type, mark) returns the existing ID.
+        ``mark == "auto"`` draws a fresh mark. Raises :class:`MiMeiError` (EINVAL).
+        """
+        if mimei_type not in ("fs", "file"):
+            raise MiMeiError(errno.EINVAL, f"MiMei type must be fs or file (db is not built yet), not {mimei_type!r}")
+        if mark == "auto":
+            mark = "auto-" + secrets.token_hex(8)
+        if not mark or "/" in mark or "\0" in mark or len(mark.encode()) > 200:
+            raise MiMeiError(errno.EINVAL, f"bad mark {mark!r}")
+        mid = ids.mimei_id(self.node_id, app_type, mimei_type, mark)
+        m20 = bytes.fromhex(mid)
+        uid = os.getuid() if uid is None else uid
+        gid = os.getgid() if gid is None else gid
+        with self.store.write() as txn:
+            if txn.get(m20, db=self.d_state) is not None:
+                return mid
+            info = self.store.key.sign_record({
+                "type": "mimei", "id": mid, "author": self.node_id, "app_type": app_type,
+                "mimei_type": mimei_type, "ext": ext, "mark": mark,
+                "created": time.time_ns(), "rights": 0o644,
+            })
+            txn.put(m20, ids.canonical(info), db=self.d_mimei)
+            if mimei_type == "fs":
+                m = stat.S_IFDIR | (0o755 if mode is None else mode)
+            else:
+                m = stat.S_IFREG | (0o644 if mode is None else mode)
+            root = self.wt.new_inode(txn, m20, m, uid, gid)
+            self.wt.link_entry(txn, ROOT_PARENT, m20, root)
+            self._put_state(txn, m20, {"cur": root.ino, "last": None, "release": None})
+            txn.put(mark.encode(), m20, db=self.d_names)
+        self._own.pop(m20, None)
+        return mid
+
+    def referrers(self, mimei: str) -> list[str]:
+        """IDs of MiMei whose cur or any version references ``mimei``."""
+        m20 = _id20(mimei)
+        out = set()
+        with self.store.read() as txn:
+            for db in (self.d_refs_in, self.d_vrefs):
+                with txn.cursor(db=db) as c:
+                    if c.set_range(m20):
+                        for k in c.iternext(values=False):
+                            if k[:20] != m20:
+                                break
+                            out.add(bytes(k[20:40]).hex())
+        out.discard(mimei)
+        return sorted(out)
+
+    def rm(self, mimei: str) -> None:
+        """Delete a MiMei (cur, versions, info). Its blocks are freed by ``gc``.
+
+        Raises :class:`MiMeiError` (EBUSY) naming who refers to it, ENOENT if unknown.
+        """
+        m20 = _id20(mimei)
+        who = self.referrers(mimei)
+        if who:
+            raise MiMeiError(errno.EBUSY, f"{mimei} is referenced by {', '.join(who)}; remove those references first")
+        with self.store.write() as txn:
+            st = self._state(txn, m20)
+            info = self._info(txn, m20)
+            root = self.wt.get(txn, st["cur"])
+            self.wt.remove_tree(txn, ROOT_PARENT, m20, root, self.is_open)
+            for n in range(0 if st["last"] is None else st["last"] + 1):
+                raw = txn.get(m20 + _N.pack(n), db=self.d_versions)
+                if raw is not None:
+                    for t in json.loads(raw).get("refs", []):
+                        txn.delete(bytes.fromhex(t) + m20 + _N.pack(n), db=self.d_vrefs)
+                    txn.delete(m20 + _N.pack(n), db=self.d_versions)
+            for t in self._refs_out(txn, m20):
+                txn.delete(m20 + bytes.fromhex(t), db=self.d_refs)
+                txn.delete(bytes.fromhex(t) + m20, db=self.d_refs_in)
+            if txn.get(info["mark"].encode(), db=self.d_names) == m20:
+                txn.delete(info["mark"].encode(), db=self.d_names)
+            txn.delete(m20, db=self.d_state)
+            txn.delete(m20, db=self.d_mimei)
+        self._own.pop(m20, None)
+
+    # ------------------------------------------------------------------ references
+    def _refs_out(self, txn, m20: bytes) -> list[str]:
+        out = []
+        with txn.cursor(db=self.d_refs) as c:
+            if c.set_range(m20):
+                for k in c.iternext(values=False):
+                    if k[:20] != m20:
+                        break
+                    out.append(bytes(k[20:]).hex())
+        return out
+
+    def refs(self, mimei: str) -> tuple[list[str], list[str]]:
+        """(references of cur out of ``mimei``, MiMei referring to it)."""
+        m20 = _id20(mimei)
+        with self.store.read() as txn:
+            self._state(txn, m20)
+            return self._refs_out(txn, m20), self.referrers(mimei)
+
+    def add_ref(self, src: str, dst: str) -> None:
+        """MMAddRef: ``src`` references ``dst``. Raises ENOENT, EACCES, EINVAL (self)."""
+        s20, d20 = _id20(src), _id20(dst)
+        if s20 == d20:
+            raise MiMeiError(errno.EINVAL, "a MiMei cannot reference itself")
+        if not self.can_write(s20):
+            raise MiMeiError(errno.EACCES, f"{src} was not authored by this node")
+        with self.store.write() as txn:
+            self._state(txn, s20)
+            self._state(txn, d20)
+            txn.put(s20 + d20, b"", db=self.d_refs)
+            txn.put(d20 + s20, b"", db=self.d_refs_in)
+
+    def del_ref(self, src: str, dst: str) -> None:
+        """MMDelRef. Raises ENOENT if there is no such reference."""
+        s20, d20 = _id20(src), _id20(dst)
+        if not self.can_write(s20):
+            raise MiMeiError(errno.EACCES, f"{src} was not authored by this node")
+        with self.store.write() as txn:
+            if not txn.delete(s20 + d20, db=self.d_refs):
+                raise MiMeiError(errno.ENOENT, f"{src} does not reference {dst}")
+            txn.delete(d20 + s20, db=self.d_refs_in)
+
+    # ------------------------------------------------------------------ versions
+    def backup(self, mimei: str, memo: str = "") -> dict:
+        """Freeze cur into version n+1, signed; moves ``last``. Returns the record
+        plus ``stats`` (new bytes, files re-chunked, trees written).
+
+        The version is on disk (fsync) when this returns.
+        """
+        m20 = _id20(mimei)
+        if not self.can_write(m20):
+            raise MiMeiError(errno.EACCES, f"{mimei} was not authored by this node")
+        with self.store.write() as txn:
+            st = self._state(txn, m20)
+            kind, root, size, stats = bk.freeze(txn, self.wt, st["cur"])
+            n = 0 if st["last"] is None else st["last"] + 1
+            rec = self.store.key.sign_record({
+                "type": "version", "mimei": mimei, "n": n, "kind": kind, "root": root.hex(),
+                "parent": st["last"], "fork_of": None, "time": time.time_ns(), "size": size,
+                "memo": memo, "refs": sorted(self._refs_out(txn, m20)), "author": self.node_id,
+            })
+            self._put_version(txn, m20, rec)
+            st["last"] = n
+            self._put_state(txn, m20, st)
+        self.store.sync()
+        return dict(rec, stats=stats)
+
+    def _put_version(self, txn, m20: bytes, rec: dict) -> None:
+        n = rec["n"]
+        txn.put(m20 + _N.pack(n), ids.canonical(rec), db=self.d_versions)
+        for t in rec["refs"]:
+            txn.put(bytes.fromhex(t) + m20 + _N.pack(n), b"", db=self.d_vrefs)
+
+    def versions(self, mimei: str) -> list[dict]:
+        """Every version record of ``mimei``, by n."""
+        m20 = _id20(mimei)
+        out = []
+        with self.store.read() as txn:
+            self._state(txn, m20)
+            with txn.cursor(db=self.d_versions) as c:
+                if c.set_range(m20):
+                    for k, v in c.iternext():
+                        if k[:20] != m20:
+                            break
+                        out.append(json.loads(v))
+        return out
+
+    def version(self, mimei: str, n: int) -> dict:
+        """Version record n. Raises :class:`MiMeiError` (ENOENT)."""
+        m20 = _id20(mimei)
+        with self.store.read() as txn:
+            raw = txn.get(m20 + _N.pack(n), db=self.d_versions) if 0 <= n < 1 << 32 else None
+        if raw is None:
+            raise MiMeiError(errno.ENOENT, f"{mimei} has no version {n}")
+        return json.loads(raw)
+
+    def release(self, mimei: str, n: int | None = None) -> dict:
+        """Mark version n (default: last) as released; returns the signed pointer."""
+        m20 = _id20(mimei)
+        if not self.can_write(m20):
+            raise MiMeiError(errno.EACCES, f"{mimei} was not authored by this node")
+        with self.store.write() as txn:
+            st = self._state(txn, m20)
+            if n is None:
+                n = st["last"]
+            if n is None or txn.get(m20 + _N.pack(n), db=self.d_versions) is None:
+                raise MiMeiError(errno.ENOENT, f"{mimei} has no version {n} to release")
+            rec = self.store.key.sign_record({"type": "release", "mimei": mimei, "n": n,
+                                              "time": time.time_ns(), "author": self.node_id})
+            st["release"] = rec
+            self._put_state(txn, m20, st)
+        self.store.sync()
+        return rec
+
+    def restore(self, mimei: str, n: int) -> None:
+        """cur := v/n (clean: the next backup costs nothing if nothing changes)."""
+        m20 = _id20(mimei)
+        if not self.can_write(m20):
+            raise MiMeiError(errno.EACCES, f"{mimei} was not authored by this node")
+        rec = self.version(mimei, n)
+        with self.store.write() as txn:
+            st = self._state(txn, m20)
+            bk.checkout(txn, self.wt, st["cur"], rec["kind"], bytes.fromhex(rec["root"]),
+                        rec["size"], self.is_open)
+
+    def fork(self, mimei: str, n: int | None, mark: str) -> str:
+        """A new MiMei whose v/0 is version n (default: last) of ``mimei``.
+
+        The papers' "variation". Its cur starts as that version. Returns the new ID;
+        raises EEXIST if the new MiMei already exists, ENOENT if there is no version.
+        """
+        info = self.info(mimei)
+        if n is None:
+            n = self.state(mimei)["last"]
+            if n is None:
+                raise MiMeiError(errno.ENOENT, f"{mimei} has no version to fork")
+        src = self.version(mimei, n)
+        new_id = ids.mimei_id(self.node_id, info["app_type"], info["mimei_type"],
+                              "auto-" + secrets.token_hex(8) if mark == "auto" else mark)
+        if self.exists(new_id):
+            raise MiMeiError(errno.EEXIST, f"a MiMei with mark {mark!r} exists: {new_id}")
+        new_id = self.create(info["mimei_type"], mark, info["app_type"], info["ext"])
+        n20 = bytes.fromhex(new_id)
+        with self.store.write() as txn:
+            st = self._state(txn, n20)
+            bk.checkout(txn, self.wt, st["cur"], src["kind"], bytes.fromhex(src["root"]), src["size"])
+            rec = self.store.key.sign_record({
+                "type": "version", "mimei": new_id, "n": 0, "kind": src["kind"], "root": src["root"],
+                "parent": None, "fork_of": {"mimei": mimei, "n": n}, "time": time.time_ns(),
+                "size": src["size"], "memo": f"fork of {mimei}@{n}", "refs": [], "author": self.node_id,
+            })
+            self._put_version(txn, n20, rec)
+            st["last"] = 0
+            self._put_state(txn, n20, st)
+        self.store.sync()
+        return new_id
+
+    # ------------------------------------------------------------------ reading versions
+    def version_root(self, mimei: str, n: int) -> objects.Entry:
+        """The root of version n as an entry (a directory for fs, a file for file)."""
+        rec = self.version(mimei, n)
+        h = bytes.fromhex(rec["root"])
+        if rec["kind"] == "fs":
+            mode = stat.S_IFDIR | 0o555
+        else:
+            mode = stat.S_IFREG | 0o444
+        return objects.Entry(b"", mode, 0, 0, rec["size"], rec["time"], 0, h, b"", ())
+
+    def tree(self, h: bytes) -> objects.Tree:
+        """A decoded tree by hash. Raises :class:`blocks.CorruptBlock`."""
+        with self.store.read() as txn:
+            return self.objs.tree(txn, self.d_trees, h)
+
+    def manifest(self, h: bytes) -> objects.Manifest:
+        with self.store.read() as txn:
+            return self.objs.manifest(txn, self.d_manifests, h)
+
+    def read_content(self, h: bytes, offset: int, size: int) -> bytes:
+        """Bytes of the file whose content hash is ``h`` (a version file or Mac file)."""
+        with self.store.read() as txn:
+            m = self.objs.manifest(txn, self.d_manifests, h)
+            return m.read(txn, self.d_blocks, offset, size, self.chunks)
+
+    def has_content(self, h: bytes) -> bool:
+        with self.store.read() as txn:
+            return txn.get(h, db=self.d_manifests) is not None
+
+    # ------------------------------------------------------------------ Mac files
+    def put_mac(self, path: str) -> str:
+        """Store an OS file as a Mac file; returns its Mac ID (blake3, as ``b3sum``)."""
+        from .importer import store_os_file
+        with self.store.write() as txn:
+            h, _size, _added = store_os_file(txn, self.store, path)
+            txn.put(h, b"", db=self.d_mac)
+        self.store.sync()
+        return h.hex()
+
+    def mac_list(self) -> list[str]:
+        """Mac IDs put on this node."""
+        with self.store.read() as txn:
+            return [bytes(k).hex() for k in txn.cursor(db=self.d_mac).iternext(values=False)]

@@ -1,0 +1,242 @@
+"""The immutable Merkle DAG of versions: file manifests and directory trees.
+
+Formats (all integers big-endian), DESIGN.md "Storage", modelled on git trees:
+
+Manifest — sub-database ``manifests``, key = the file's content hash (plain blake3 of its
+bytes, its Mac ID, what ``b3sum`` prints)::
+
+    b"M" | size u64 | count u32 | count x (chunk blake3 32 bytes | chunk length u32)
+
+Tree — sub-database ``trees``, key = blake3 in derive-key mode (context
+``"mimeifs 2026 tree v1"``) of the encoding, so no file content can hash to a tree key::
+
+    b"T" | count u32 | count x entry, entries sorted by name (bytes)
+    entry = name_len u16 | name | mode u32 | uid u32 | gid u32 | size u64 |
+            mtime_ns i64 | rdev u64 | hash_len u8 | hash | target_len u16 | target |
+            xattr_len u32 | xattrs (repeated: key_len u16 | key | val_len u32 | val)
+
+``hash`` is the content hash of a regular file or the tree hash of a directory; ``target``
+is a symlink's target. Stored values carry a codec byte (see ``blocks``): trees compress.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import stat
+import struct
+import threading
+from typing import NamedTuple, Sequence
+
+import blake3
+
+from . import blocks
+
+TREE_CONTEXT = "mimeifs 2026 tree v1"
+_MHDR = struct.Struct(">QI")
+_MREC = struct.Struct(">32sI")
+_EFIX = struct.Struct(">IIIQqQ")
+
+
+class Entry(NamedTuple):
+    """One directory entry of a version tree."""
+    name: bytes
+    mode: int          # full st_mode (type bits and permissions)
+    uid: int
+    gid: int
+    size: int          # bytes (files, symlinks); 0 for others
+    mtime_ns: int
+    rdev: int
+    hash: bytes        # 32 bytes for files and directories, b"" otherwise
+    target: bytes      # symlink target, b"" otherwise
+    xattrs: tuple      # ((key bytes, value bytes), ...) sorted by key
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_file(self) -> bool:
+        return stat.S_ISREG(self.mode)
+
+
+class Manifest:
+    """A file's content: its size and chunk list. ``offsets[i]`` is chunk i's start."""
+
+    __slots__ = ("hash", "size", "chunks", "lengths", "offsets")
+
+    def __init__(self, h: bytes, size: int, chunks: Sequence[bytes], lengths: Sequence[int]):
+        self.hash = h
+        self.size = size
+        self.chunks = list(chunks)
+        self.lengths = list(lengths)
+        offs, o = [], 0
+        for n in self.lengths:
+            offs.append(o)
+            o += n
+        self.offsets = offs
+        if o != size:
+            raise blocks.CorruptBlock(f"manifest {h.hex()}: chunks add to {o}, size {size}")
+
+    def encode(self) -> bytes:
+        return b"M" + _MHDR.pack(self.size, len(self.chunks)) + b"".join(
+            _MREC.pack(h, n) for h, n in zip(self.chunks, self.lengths))
+
+    @classmethod
+    def decode(cls, h: bytes, value: bytes) -> "Manifest":
+        if value[:1] != b"M":
+            raise blocks.CorruptBlock(f"object {h.hex()} is not a manifest")
+        size, count = _MHDR.unpack_from(value, 1)
+        chunks, lengths = [], []
+        for c, n in _MREC.iter_unpack(value[1 + _MHDR.size:1 + _MHDR.size + count * _MREC.size]):
+            chunks.append(c)
+            lengths.append(n)
+        if len(chunks) != count:
+            raise blocks.CorruptBlock(f"manifest {h.hex()} truncated")
+        return cls(h, size, chunks, lengths)
+
+    def read(self, txn, blocks_db, offset: int, size: int, cache: blocks.ChunkCache | None) -> bytes:
+        """Bytes [offset, offset+size) of the file, clipped to its size."""
+        end = min(self.size, offset + size)
+        if offset >= end:
+            return b""
+        i = bisect.bisect_right(self.offsets, offset) - 1
+        out = []
+        pos = offset
+        while pos < end:
+            start = self.offsets[i]
+            data = blocks.load_chunk(txn, blocks_db, self.chunks[i], self.lengths[i], cache)
+            out.append(data[pos - start:min(end, start + self.lengths[i]) - start])
+            pos = start + self.lengths[i]
+            i += 1
+        return out[0] if len(out) == 1 else b"".join(out)
+
+
+def store_manifest(txn, db, m: Manifest) -> None:
+    """Store a manifest under its content hash (once)."""
+    txn.put(m.hash, m.encode(), db=db, overwrite=False)
+
+
+class Tree:
+    """A decoded directory tree: ``entries`` sorted by name, ``index`` name -> position."""
+
+    __slots__ = ("hash", "entries", "index")
+
+    def __init__(self, h: bytes, entries: list[Entry]):
+        self.hash = h
+        self.entries = entries
+        self.index = {e.name: i for i, e in enumerate(entries)}
+
+    def get(self, name: bytes) -> Entry | None:
+        i = self.index.get(name)
+        return None if i is None else self.entries[i]
+
+
+def encode_tree(entries: Sequence[Entry]) -> tuple[bytes, bytes]:
+    """Encode entries (sorted here by name): returns (tree hash, encoding)."""
+    parts = [b"T", struct.pack(">I", len(entries))]
+    for e in sorted(entries, key=lambda e: e.name):
+        parts.append(struct.pack(">H", len(e.name)))
+        parts.append(e.name)
+        parts.append(_EFIX.pack(e.mode, e.uid, e.gid, e.size, e.mtime_ns, e.rdev))
+        parts.append(bytes([len(e.hash)]))
+        parts.append(e.hash)
+        parts.append(struct.pack(">H", len(e.target)))
+        parts.append(e.target)
+        xb = b"".join(struct.pack(">H", len(k)) + k + struct.pack(">I", len(v)) + v
+                      for k, v in e.xattrs)
+        parts.append(struct.pack(">I", len(xb)))
+        parts.append(xb)
+    enc = b"".join(parts)
+    return blake3.blake3(enc, derive_key_context=TREE_CONTEXT).digest(), enc
+
+
+def decode_tree(h: bytes, enc: bytes) -> Tree:
+    """Decode a tree encoding. Raises :class:`blocks.CorruptBlock` if malformed."""
+    try:
+        if enc[:1] != b"T":
+            raise ValueError("not a tree")
+        (count,) = struct.unpack_from(">I", enc, 1)
+        p = 5
+        entries = []
+        unpack_h, unpack_fix = struct.Struct(">H").unpack_from, _EFIX.unpack_from
+        for _ in range(count):
+            (nl,) = unpack_h(enc, p); p += 2
+            name = enc[p:p + nl]; p += nl
+            mode, uid, gid, size, mtime, rdev = unpack_fix(enc, p); p += _EFIX.size
+            hl = enc[p]; p += 1
+            hsh = enc[p:p + hl]; p += hl
+            (tl,) = unpack_h(enc, p); p += 2
+            target = enc[p:p + tl]; p += tl
+            (xl,) = struct.unpack_from(">I", enc, p); p += 4
+            xend = p + xl
+            xs = []
+            while p < xend:
+                (kl,) = unpack_h(enc, p); p += 2
+                k = enc[p:p + kl]; p += kl
+                (vl,) = struct.unpack_from(">I", enc, p); p += 4
+                xs.append((k, enc[p:p + vl])); p += vl
+            entries.append(Entry(name, mode, uid, gid, size, mtime, rdev, hsh, target, tuple(xs)))
+        if p != len(enc):
+            raise ValueError("trailing bytes")
+    except (struct.error, IndexError, ValueError) as e:
+        raise blocks.CorruptBlock(f"tree {h.hex()}: {e}") from e
+    return Tree(h, entries)
+
+
+def store_tree(txn, db, entries: Sequence[Entry]) -> bytes:
+    """Encode and store a tree (compressed when it helps). Returns its hash."""
+    h, enc = encode_tree(entries)
+    if txn.get(h, db=db) is None:
+        _, value = blocks.encode_chunk(enc)
+        txn.put(h, value, db=db)
+    return h
+
+
+class ObjectCache:
+    """LRU caches of decoded trees and manifests (immutable, so never stale)."""
+
+    def __init__(self, max_items: int = 4096):
+        self.max_items = max_items
+        self._d: collections.OrderedDict[bytes, object] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def _get(self, key):
+        with self._lock:
+            v = self._d.get(key)
+            if v is not None:
+                self._d.move_to_end(key)
+            return v
+
+    def _put(self, key, v):
+        with self._lock:
+            self._d[key] = v
+            if len(self._d) > self.max_items:
+                self._d.popitem(last=False)
+
+    def tree(self, txn, db, h: bytes) -> Tree:
+        """The decoded tree ``h``. Raises :class:`blocks.CorruptBlock` if missing/bad."""
+        key = (b"T", h)
+        t = self._get(key)
+        if t is None:
+            raw = txn.get(h, db=db)
+            if raw is None:
+                raise blocks.CorruptBlock(f"missing tree {h.hex()}")
+            t = decode_tree(h, blocks.decode_chunk(raw))
+            self._put(key, t)
+        return t
+
+    def manifest(self, txn, db, h: bytes) -> Manifest:
+        """The decoded manifest ``h``. Raises :class:`blocks.CorruptBlock` if missing/bad."""
+        key = (b"M", h)
+        m = self._get(key)
+        if m is None:
+            raw = txn.get(h, db=db)
+            if raw is None:
+                raise blocks.CorruptBlock(f"missing manifest {h.hex()}")
+            m = Manifest.decode(h, bytes(raw))
+            self._put(key, m)
+        return m
+
+
+EMPTY_HASH = blake3.blake3(b"").digest()
