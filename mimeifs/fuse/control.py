@@ -1,0 +1,126 @@
+"""The control file: how CLI commands reach a running daemon (the pattern s3ql uses).
+
+Protocol on ``<mnt>/.__mimeifs_ctrl__``:
+
+1. ``setxattr(ctrl, "user.mimeifs.cmd", JSON)`` with ``{"token": hex, "op": name, ...args}``
+   runs the command inside the daemon (so the kernel's caches are invalidated and an
+   unlinked-but-open file is kept alive) and keeps the answer under the token.
+2. ``getxattr(ctrl, "user.mimeifs.result.<token>")`` returns the answer (kept for the
+   last 256 commands: the kernel may ask twice, once for the size):
+   ``{"ok": true, "result": ...}`` or ``{"ok": false, "errno": n, "error": "..."}``.
+
+Only root and the user who mounted may send commands (else EACCES). Ops: ``backup``,
+``release``, ``restore``, ``fork``, ``rm``, ``invalidate``, ``ping``.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import secrets
+
+import pyfuse3
+import trio
+
+from ..engine.mimei import MiMeiError
+
+log = logging.getLogger("mimeifs.control")
+
+CTRL_FILE = ".__mimeifs_ctrl__"
+CMD = b"user.mimeifs.cmd"
+RESULT = b"user.mimeifs.result."
+
+
+class DaemonError(Exception):
+    """A command the daemon refused; ``errno`` says why."""
+
+    def __init__(self, code: int, msg: str):
+        super().__init__(msg)
+        self.errno = code
+
+
+class Controller:
+    """Daemon side: runs commands for the CLI. ``ops`` is the mounted Operations."""
+
+    def __init__(self, ops):
+        self.ops = ops
+        self.e = ops.e
+        self.results: dict[bytes, bytes] = {}
+
+    def _allowed(self, ctx) -> None:
+        if ctx.uid not in (0, self.ops.mount_uid):
+            raise pyfuse3.FUSEError(errno.EACCES)
+
+    def _run(self, op: str, a: dict):
+        e = self.e
+        if op == "ping":
+            return {"pid": os.getpid(), "store": e.store.path}
+        if op == "backup":
+            rec = e.backup(a["id"], a.get("memo", ""))
+            return rec
+        if op == "release":
+            return e.release(a["id"], a.get("n"))
+        if op == "restore":
+            e.restore(a["id"], int(a["n"]))
+            return {"id": a["id"], "n": int(a["n"])}
+        if op == "fork":
+            return {"id": e.fork(a["id"], a.get("n"), a["mark"])}
+        if op == "rm":
+            e.rm(a["id"])
+            return {"id": a["id"]}
+        if op == "invalidate":
+            return {}
+        raise MiMeiError(errno.EINVAL, f"unknown control op {op!r}")
+
+    async def command(self, name: bytes, value: bytes, ctx) -> None:
+        self._allowed(ctx)
+        if name != CMD:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        try:
+            req = json.loads(value)
+            token = req["token"].encode()
+            op = req["op"]
+        except (ValueError, KeyError, AttributeError, TypeError):
+            raise pyfuse3.FUSEError(errno.EINVAL) from None
+        try:
+            res = await trio.to_thread.run_sync(self._run, op, req)
+            ans = {"ok": True, "result": res}
+        except MiMeiError as x:
+            ans = {"ok": False, "errno": x.errno, "error": str(x)}
+        except OSError as x:
+            ans = {"ok": False, "errno": x.errno or errno.EIO, "error": x.strerror or str(x)}
+        except (KeyError, ValueError, TypeError) as x:
+            ans = {"ok": False, "errno": errno.EINVAL, "error": f"bad arguments: {x}"}
+        except Exception as x:  # the daemon lives on; the caller hears what happened
+            log.exception("control op %s failed", op)
+            ans = {"ok": False, "errno": errno.EIO, "error": f"{type(x).__name__}: {x}"}
+        while len(self.results) >= 256:
+            self.results.pop(next(iter(self.results)))
+        self.results[token] = json.dumps(ans).encode()
+        if ans["ok"] and op != "ping":
+            await self.ops.invalidate_all()
+
+    def result(self, name: bytes, ctx) -> bytes:
+        self._allowed(ctx)
+        if not name.startswith(RESULT):
+            raise pyfuse3.FUSEError(errno.ENODATA)
+        v = self.results.get(name[len(RESULT):])
+        if v is None:
+            raise pyfuse3.FUSEError(errno.ENODATA)
+        return v
+
+
+def call(mountpoint: str, op: str, **args):
+    """Client side: run ``op`` in the daemon mounted at ``mountpoint``; returns its result.
+
+    Raises :class:`DaemonError` with the daemon's errno and message.
+    """
+    ctrl = os.path.join(mountpoint, CTRL_FILE)
+    token = secrets.token_hex(8)
+    os.setxattr(ctrl, CMD.decode(), json.dumps(dict(args, op=op, token=token)).encode())
+    ans = json.loads(os.getxattr(ctrl, (RESULT + token.encode()).decode()))
+    if not ans["ok"]:
+        raise DaemonError(ans["errno"], ans["error"])
+    return ans["result"]
