@@ -101,7 +101,7 @@ class Store:
             max_readers=512,
             sync=False,  # durability points are explicit: Store.sync()
             metasync=False,
-            readahead=False,
+            readahead=True,  # sequential reads of big values want the OS readahead
             lock=True,
         )
 
@@ -177,6 +177,16 @@ class Store:
     def read(self) -> Iterator[lmdb.Transaction]:
         """A read-only transaction (a consistent snapshot)."""
         txn = self.env.begin(write=False, buffers=False)
+        try:
+            yield txn
+        finally:
+            txn.abort()
+
+    @contextlib.contextmanager
+    def read_buffers(self) -> Iterator[lmdb.Transaction]:
+        """A read-only transaction whose ``get`` returns zero-copy memoryviews into the
+        map: valid only until the transaction ends, so copy (join) before leaving."""
+        txn = self.env.begin(write=False, buffers=True)
         try:
             yield txn
         finally:

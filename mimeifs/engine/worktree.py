@@ -309,23 +309,32 @@ class Worktree:
         return self._base_bytes(txn, node, start, min(start + PAGE, node.size))
 
     def read_node(self, txn, node: Inode, offset: int, size: int) -> bytes:
-        """Bytes [offset, offset+size) of a regular file, clipped to its size."""
+        """Bytes [offset, offset+size) of a regular file, clipped to its size.
+
+        Works with a ``buffers=True`` transaction (pages are joined once, no other copy).
+        """
         end = min(node.size, offset + size)
         if offset >= end:
             return b""
         if node.frozen != ZERO32:  # clean: no pages, whole base visible
             return self._base_bytes(txn, node, offset, end)
-        out = bytearray(end - offset)
+        parts = []
+        pre = ikey(node.ino)
+        pos = offset
         p = offset // PAGE
-        while p * PAGE < end:
+        while pos < end:
             pstart = p * PAGE
-            data = self.page_bytes(txn, node, p)
-            s = max(offset, pstart)
-            e = min(end, pstart + len(data))
-            if e > s:
-                out[s - offset:e - offset] = data[s - pstart:e - pstart]
+            raw = txn.get(pre + _Q.pack(p), db=self.d_pages)
+            if raw is None:
+                raw = self._base_bytes(txn, node, pstart, min(pstart + PAGE, node.size))
+            s, e = pos - pstart, min(end, pstart + PAGE) - pstart
+            seg = raw[s:e]
+            parts.append(seg)
+            if len(seg) < e - s:  # a short page: the rest is a hole
+                parts.append(bytes(e - s - len(seg)))
+            pos = pstart + e
             p += 1
-        return bytes(out)
+        return parts[0] if len(parts) == 1 and isinstance(parts[0], bytes) else b"".join(parts)
 
     def write_node(self, txn, node: Inode, offset: int, data: bytes) -> None:
         """Write ``data`` at ``offset`` (extending, sparse where a gap opens)."""
@@ -393,7 +402,7 @@ class Worktree:
             return [(n, self.get(txn, c)) for n, c in self.list_dir(txn, ino)]
 
     def read(self, ino: int, offset: int, size: int) -> bytes:
-        with self.store.read() as txn:
+        with self.store.read_buffers() as txn:
             node = self.get(txn, ino)
             if node.is_dir:
                 raise fserr(errno.EISDIR)
