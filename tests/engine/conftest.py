@@ -70,6 +70,8 @@ def cur_snapshot(e: Engine, root: int) -> dict:
                 walk(node.ino, p + "/")
             elif node.is_lnk:
                 out[p] = ("l", node.target)
+            elif not node.is_reg:  # fifo, device, socket
+                out[p] = ("o", stat.S_IFMT(node.mode), node.rdev)
             else:
                 data = e.wt.read(node.ino, 0, node.size + 1)
                 assert len(data) == node.size
@@ -96,6 +98,9 @@ def version_snapshot(e: Engine, mid: str, n: int) -> dict:
                 walk(en.hash, p + "/")
             elif stat.S_ISLNK(en.mode):
                 out[p] = ("l", en.target)
+            elif not en.is_file:
+                assert en.hash == b""
+                out[p] = ("o", stat.S_IFMT(en.mode), en.rdev)
             else:
                 data = e.read_content(en.hash, 0, en.size + 1)
                 assert len(data) == en.size
