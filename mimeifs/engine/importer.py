@@ -200,10 +200,11 @@ class Importer:
         if pending:
             self._store_files(pending)
         txn = self._txn()
-        if self.delete:
+        if self.delete and existing:
             for name, cino in existing.items():
                 wt.remove_tree(txn, ino, name, wt.get(txn, cino), self.e.is_open)
                 self.stats["removed"] += 1
+            wt.touched(txn, wt.get(txn, ino), content=True)
         self._maybe_commit()
         for p, cino, st in subdirs:
             self.stats["dirs"] += 1

@@ -39,27 +39,32 @@ def check(engine, progress: Callable[[int], None] | None = None) -> dict:
     seen_trees: set[bytes] = set()
     seen_manifests: set[bytes] = set()
     seen_chunks: set[bytes] = set()
+    bad_chunks: set[bytes] = set()
     counts = {"versions": 0, "mimei": 0, "trees": 0, "manifests": 0, "chunks": 0, "bytes": 0}
 
     with e.store.read() as txn:
         def chunk_ok(h: bytes, n: int) -> bool:
             if h in seen_chunks:
-                return True
+                return h not in bad_chunks
             seen_chunks.add(h)
             raw = txn.get(h, db=e.d_blocks)
+            problem = None
             if raw is None:
-                problems.append(f"chunk {h.hex()}: missing")
-                return False
-            try:
-                data = blocks.decode_chunk(raw, n)
-            except blocks.CorruptBlock as x:
-                problems.append(f"chunk {h.hex()}: {x}")
-                return False
-            counts["chunks"] += 1
-            counts["bytes"] += len(data)
-            progress(len(data))
-            if len(data) != n or blake3.blake3(data).digest() != h:
-                problems.append(f"chunk {h.hex()}: content does not match its hash")
+                problem = "missing"
+            else:
+                try:
+                    data = blocks.decode_chunk(raw, n)
+                except blocks.CorruptBlock as x:
+                    problem = str(x)
+                else:
+                    counts["chunks"] += 1
+                    counts["bytes"] += len(data)
+                    progress(len(data))
+                    if len(data) != n or blake3.blake3(data).digest() != h:
+                        problem = "content does not match its hash"
+            if problem:
+                bad_chunks.add(h)
+                problems.append(f"chunk {h.hex()}: {problem}")
                 return False
             return True
 

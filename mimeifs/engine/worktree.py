@@ -191,6 +191,16 @@ class Worktree:
                     out.append((_Q.unpack(k[8:16])[0], bytes(k[16:])))
         return out
 
+    def is_within(self, txn, ino: int, ancestor: int) -> bool:
+        """True if directory ``ino`` is ``ancestor`` or lies below it."""
+        q = ino
+        while q != ROOT_PARENT:
+            if q == ancestor:
+                return True
+            ps = self.parents(txn, q)
+            q = ps[0][0] if ps else ROOT_PARENT
+        return False
+
     def dirty_up(self, txn, ino: int) -> None:
         """Mark every ancestor directory of ``ino`` dirty (stops at a dirty one)."""
         stack = [p for p, _ in self.parents(txn, ino)]
@@ -512,13 +522,13 @@ class Worktree:
             dst = self.child(txn, p2, n2)
             if dst == src:
                 return
-            if snode.is_dir:  # no directory into its own subtree
-                q = p2
-                while q != ROOT_PARENT:
-                    if q == src:
-                        raise fserr(errno.EINVAL)
-                    ps = self.parents(txn, q)
-                    q = ps[0][0] if ps else ROOT_PARENT
+            # no directory into its own subtree (either way round for an exchange)
+            moves = [(snode, p2)]
+            if flags & 2 and dst is not None:
+                moves.append((self.get(txn, dst), p1))
+            for moving, into in moves:
+                if moving.is_dir and self.is_within(txn, into, moving.ino):
+                    raise fserr(errno.EINVAL)
             t = now_ns()
             if flags & 2:  # exchange
                 if dst is None:
@@ -596,6 +606,8 @@ class Worktree:
             if not node.is_reg:
                 raise fserr(errno.EISDIR if node.is_dir else errno.EINVAL)
             self.writable(node)
+            if not data:  # POSIX: a zero-length write changes nothing
+                return 0
             self.write_node(txn, node, offset, data)
             node.mtime_ns = node.ctime_ns = now_ns()
             self.touched(txn, node, content=True)

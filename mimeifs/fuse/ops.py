@@ -583,6 +583,9 @@ class Operations(pyfuse3.Operations):
             raise _err(errno.EISDIR)
         if writing:
             self.wt.writable(node)
+            if flags & os.O_TRUNC and node.size:
+                # libfuse3 negotiates ATOMIC_O_TRUNC: no setattr(size=0) follows
+                self.wt.setattr(inode, size=0)
         self.opens[inode] = self.opens.get(inode, 0) + 1
         return pyfuse3.FileInfo(fh=inode, keep_cache=False)
 
