@@ -281,9 +281,6 @@ def test_check_reports_record_signed_by_wrong_key_and_missing_tree(fs):
     assert any(f"{mid} v/1" in p and "missing" in p for p in problems), problems
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: maintenance.check crashes (CorruptBlock) when two "
-                   "manifests share a corrupt chunk: chunk_ok() returns True for an already-seen "
-                   "bad chunk, then load_chunk raises")
 def test_check_survives_corrupt_chunk_shared_by_two_files(fs):
     e, mid, root = fs
     data = rand(1 << 20, 1)
@@ -602,8 +599,6 @@ def test_large_files_written_in_pieces(fs):
 
 
 # ---------------------------------------------------------------------- POSIX edge cases
-@pytest.mark.xfail(strict=True, reason="BUG: Worktree.write_node extends st_size on a "
-                   "zero-length write past EOF (pwrite(fd, '', 0, off) must not change the size)")
 def test_zero_length_write_keeps_size(fs):
     e, mid, root = fs
     ino = mkfile(e, root, b"f", b"abc")
@@ -611,9 +606,6 @@ def test_zero_length_write_keeps_size(fs):
     assert e.wt.getattr(ino).size == 3
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Worktree.rename with RENAME_EXCHANGE does not "
-                   "refuse exchanging a directory with its own descendant: it makes a cycle "
-                   "and detaches the subtree (Linux: EINVAL)")
 def test_exchange_with_own_descendant_refused(fs):
     e, mid, root = fs
     a = mkdir(e, root, b"a")
@@ -697,9 +689,6 @@ def test_names_and_errors(fs):
 
 
 # ---------------------------------------------------------------------- import / orphans
-@pytest.mark.xfail(strict=True, reason="BUG: Importer._sync_dir with delete=True removes entries "
-                   "with remove_tree() but never dirties the directory, so the next backup reuses "
-                   "its stale frozen tree and the version still lists the deleted file")
 def test_import_delete_reaches_next_version(engine, tmp_path):
     e = engine
     src = tmp_path / "src"

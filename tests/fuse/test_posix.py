@@ -43,7 +43,7 @@ BUG_O_TRUNC = ("BUG: mimeifs/fuse/ops.py Operations.open ignores O_TRUNC; libfus
                "`printf 'hello world' > f; echo x > f; cat f` gives 'x\\nllo world'")
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_O_TRUNC)
+
 def test_open_o_trunc_empties(mimei):
     m, mid, cur = mimei
     p = cur / "f"
