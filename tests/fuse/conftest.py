@@ -169,7 +169,7 @@ class MimeiFS:
         wait_for(lambda: not pid_alive(pid), 30, "daemon death after SIGKILL")
         return pid
 
-    def cleanup(self) -> None:
+    def cleanup(self, remove_mountpoint: bool = False) -> None:
         """Unmount whatever is left, whatever state it is in. Never raises."""
         try:
             if os.path.ismount(self.mnt) or _is_dead_mount(self.mnt):
@@ -192,7 +192,7 @@ class MimeiFS:
             except Exception:
                 pass
         try:
-            if not os.path.ismount(self.mnt):
+            if remove_mountpoint and not os.path.ismount(self.mnt):
                 os.rmdir(self.mnt)
         except OSError:
             pass
@@ -233,7 +233,7 @@ def mfs(tmp_path_factory):
     try:
         yield m
     finally:
-        m.cleanup()
+        m.cleanup(remove_mountpoint=True)
 
 
 @pytest.fixture
@@ -245,7 +245,7 @@ def fresh_mfs(tmp_path):
     try:
         yield m
     finally:
-        m.cleanup()
+        m.cleanup(remove_mountpoint=True)
 
 
 _counter = [0]
