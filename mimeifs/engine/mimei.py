@@ -47,6 +47,14 @@ class MiMeiError(Exception):
         self.errno = code
 
 
+def _vkey(mimei: str, m20: bytes, n) -> bytes:
+    """Key of version n in ``versions``. Raises :class:`MiMeiError` (ENOENT) for an n
+    that cannot be a version number (negative, not an integer, 2**32 or more)."""
+    if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n < 1 << 32:
+        raise MiMeiError(errno.ENOENT, f"{mimei} has no version {n}")
+    return m20 + _N.pack(n)
+
+
 def _id20(mimei: str) -> bytes:
     if not ids.is_id(mimei):
         raise MiMeiError(errno.ENOENT, f"not a MiMei ID: {mimei!r}")
@@ -333,7 +341,7 @@ class Engine:
         """Version record n. Raises :class:`MiMeiError` (ENOENT)."""
         m20 = _id20(mimei)
         with self.store.read() as txn:
-            raw = txn.get(m20 + _N.pack(n), db=self.d_versions) if 0 <= n < 1 << 32 else None
+            raw = txn.get(_vkey(mimei, m20, n), db=self.d_versions)
         if raw is None:
             raise MiMeiError(errno.ENOENT, f"{mimei} has no version {n}")
         return json.loads(raw)
@@ -347,7 +355,7 @@ class Engine:
             st = self._state(txn, m20)
             if n is None:
                 n = st["last"]
-            if n is None or txn.get(m20 + _N.pack(n), db=self.d_versions) is None:
+            if n is None or txn.get(_vkey(mimei, m20, n), db=self.d_versions) is None:
                 raise MiMeiError(errno.ENOENT, f"{mimei} has no version {n} to release")
             rec = self.store.key.sign_record({"type": "release", "mimei": mimei, "n": n,
                                               "time": time.time_ns(), "author": self.node_id})

@@ -268,11 +268,6 @@ def test_daemon_survives_bad_requests(versioned):
     assert not eio, f"handlers answered EIO (an unexpected exception): {eio[:10]}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: mimeifs/engine/mimei.py Engine.release packs a negative n with struct (_N.pack) -> "
-    "struct.error 'argument out of range': `mimeifs release ID -- -5` prints a Traceback when "
-    "unmounted and 'Error: error: argument out of range' (EIO, Traceback in mimeifs.log, "
-    "control.py Controller.command 'control op release failed') when mounted"))
 def test_release_negative_version_is_a_clean_error(mimei):
     m, mid, cur = mimei
     (cur / "f").write_text("x")
