@@ -58,6 +58,19 @@ class StoreError(Exception):
     """A store cannot be opened or created (missing, already there, unreadable)."""
 
 
+def scan_prefix(txn, db, prefix: bytes, values: bool = True):
+    """Yield ``(key, value)`` (or keys, with ``values=False``) of every record whose key
+    starts with ``prefix``, in key order. Keys and values are copied to ``bytes``."""
+    n = len(prefix)
+    with txn.cursor(db=db) as c:
+        if not c.set_range(prefix):
+            return
+        for k, v in c.iternext(values=True):
+            if k[:n] != prefix:
+                return
+            yield (bytes(k), bytes(v)) if values else bytes(k)
+
+
 def default_store_path(cli_value: str | None = None) -> str:
     """The store path: ``--store``, else ``$MIMEIFS_STORE``, else the XDG data dir.
 
@@ -174,19 +187,13 @@ class Store:
         return d
 
     @contextlib.contextmanager
-    def read(self) -> Iterator[lmdb.Transaction]:
-        """A read-only transaction (a consistent snapshot)."""
-        txn = self.env.begin(write=False, buffers=False)
-        try:
-            yield txn
-        finally:
-            txn.abort()
+    def read(self, buffers: bool = False) -> Iterator[lmdb.Transaction]:
+        """A read-only transaction (a consistent snapshot).
 
-    @contextlib.contextmanager
-    def read_buffers(self) -> Iterator[lmdb.Transaction]:
-        """A read-only transaction whose ``get`` returns zero-copy memoryviews into the
-        map: valid only until the transaction ends, so copy (join) before leaving."""
-        txn = self.env.begin(write=False, buffers=True)
+        With ``buffers=True`` its ``get`` returns zero-copy memoryviews into the map,
+        valid only until the transaction ends: copy (join) before leaving.
+        """
+        txn = self.env.begin(write=False, buffers=buffers)
         try:
             yield txn
         finally:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from .. import ids
 from . import backup as bk
 from . import blocks, objects
-from .db import Store
+from .db import Store, scan_prefix
 from .worktree import ROOT_PARENT, Worktree, fserr, ikey
 
 MIMEI_TYPES = ("fs", "file", "db")
@@ -213,12 +213,7 @@ class Engine:
         out = set()
         with self.store.read() as txn:
             for db in (self.d_refs_in, self.d_vrefs):
-                with txn.cursor(db=db) as c:
-                    if c.set_range(m20):
-                        for k in c.iternext(values=False):
-                            if k[:20] != m20:
-                                break
-                            out.add(bytes(k[20:40]).hex())
+                out.update(k[20:40].hex() for k in scan_prefix(txn, db, m20, values=False))
         out.discard(mimei)
         return sorted(out)
 
@@ -253,14 +248,7 @@ class Engine:
 
     # ------------------------------------------------------------------ references
     def _refs_out(self, txn, m20: bytes) -> list[str]:
-        out = []
-        with txn.cursor(db=self.d_refs) as c:
-            if c.set_range(m20):
-                for k in c.iternext(values=False):
-                    if k[:20] != m20:
-                        break
-                    out.append(bytes(k[20:]).hex())
-        return out
+        return [k[20:].hex() for k in scan_prefix(txn, self.d_refs, m20, values=False)]
 
     def refs(self, mimei: str) -> tuple[list[str], list[str]]:
         """(references of cur out of ``mimei``, MiMei referring to it)."""
@@ -326,16 +314,9 @@ class Engine:
     def versions(self, mimei: str) -> list[dict]:
         """Every version record of ``mimei``, by n."""
         m20 = _id20(mimei)
-        out = []
         with self.store.read() as txn:
             self._state(txn, m20)
-            with txn.cursor(db=self.d_versions) as c:
-                if c.set_range(m20):
-                    for k, v in c.iternext():
-                        if k[:20] != m20:
-                            break
-                        out.append(json.loads(v))
-        return out
+            return [json.loads(v) for _k, v in scan_prefix(txn, self.d_versions, m20)]
 
     def version(self, mimei: str, n: int) -> dict:
         """Version record n. Raises :class:`MiMeiError` (ENOENT)."""

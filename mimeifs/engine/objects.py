@@ -214,29 +214,24 @@ class ObjectCache:
             if len(self._d) > self.max_items:
                 self._d.popitem(last=False)
 
-    def tree(self, txn, db, h: bytes) -> Tree:
-        """The decoded tree ``h``. Raises :class:`blocks.CorruptBlock` if missing/bad."""
-        key = (b"T", h)
-        t = self._get(key)
-        if t is None:
+    def _load(self, kind: bytes, txn, db, h: bytes, decode):
+        key = (kind, h)
+        v = self._get(key)
+        if v is None:
             raw = txn.get(h, db=db)
             if raw is None:
-                raise blocks.CorruptBlock(f"missing tree {h.hex()}")
-            t = decode_tree(h, blocks.decode_chunk(raw))
-            self._put(key, t)
-        return t
+                raise blocks.CorruptBlock(f"missing {'tree' if kind == b'T' else 'manifest'} {h.hex()}")
+            v = decode(h, raw)
+            self._put(key, v)
+        return v
+
+    def tree(self, txn, db, h: bytes) -> Tree:
+        """The decoded tree ``h``. Raises :class:`blocks.CorruptBlock` if missing/bad."""
+        return self._load(b"T", txn, db, h, lambda h, raw: decode_tree(h, blocks.decode_chunk(raw)))
 
     def manifest(self, txn, db, h: bytes) -> Manifest:
         """The decoded manifest ``h``. Raises :class:`blocks.CorruptBlock` if missing/bad."""
-        key = (b"M", h)
-        m = self._get(key)
-        if m is None:
-            raw = txn.get(h, db=db)
-            if raw is None:
-                raise blocks.CorruptBlock(f"missing manifest {h.hex()}")
-            m = Manifest.decode(h, bytes(raw))
-            self._put(key, m)
-        return m
+        return self._load(b"M", txn, db, h, lambda h, raw: Manifest.decode(h, bytes(raw)))
 
 
 EMPTY_HASH = blake3.blake3(b"").digest()

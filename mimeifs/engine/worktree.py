@@ -34,6 +34,7 @@ import time
 from dataclasses import dataclass
 
 from . import blocks, objects
+from .db import scan_prefix
 
 PAGE = 64 * 1024
 ZERO32 = bytes(32)
@@ -181,15 +182,8 @@ class Worktree:
 
     def parents(self, txn, ino: int) -> list[tuple[int, bytes]]:
         """(parent inode, name) of every link to ``ino``."""
-        out = []
-        pre = ikey(ino)
-        with txn.cursor(db=self.d_links) as c:
-            if c.set_range(pre):
-                for k in c.iternext(values=False):
-                    if k[:8] != pre:
-                        break
-                    out.append((_Q.unpack(k[8:16])[0], bytes(k[16:])))
-        return out
+        return [(_Q.unpack(k[8:16])[0], k[16:])
+                for k in scan_prefix(txn, self.d_links, ikey(ino), values=False)]
 
     def is_within(self, txn, ino: int, ancestor: int) -> bool:
         """True if directory ``ino`` is ``ancestor`` or lies below it."""
@@ -224,15 +218,7 @@ class Worktree:
 
     def list_dir(self, txn, ino: int) -> list[tuple[bytes, int]]:
         """(name, child inode) of a directory, sorted by name bytes."""
-        out = []
-        pre = ikey(ino)
-        with txn.cursor(db=self.d_dirents) as c:
-            if c.set_range(pre):
-                for k, v in c.iternext():
-                    if k[:8] != pre:
-                        break
-                    out.append((bytes(k[8:]), _Q.unpack(v)[0]))
-        return out
+        return [(k[8:], _Q.unpack(v)[0]) for k, v in scan_prefix(txn, self.d_dirents, ikey(ino))]
 
     def drop_data(self, txn, ino: int, from_page: int = 0) -> None:
         """Delete the pages of ``ino`` numbered ``from_page`` and up."""
@@ -280,26 +266,10 @@ class Worktree:
             self.save(txn, node)
 
     def xattr_keys(self, txn, ino: int) -> list[bytes]:
-        out = []
-        pre = ikey(ino)
-        with txn.cursor(db=self.d_xattrs) as c:
-            if c.set_range(pre):
-                for k in c.iternext(values=False):
-                    if k[:8] != pre:
-                        break
-                    out.append(bytes(k[8:]))
-        return out
+        return [k[8:] for k in scan_prefix(txn, self.d_xattrs, ikey(ino), values=False)]
 
     def xattr_items(self, txn, ino: int) -> list[tuple[bytes, bytes]]:
-        pre = ikey(ino)
-        out = []
-        with txn.cursor(db=self.d_xattrs) as c:
-            if c.set_range(pre):
-                for k, v in c.iternext():
-                    if k[:8] != pre:
-                        break
-                    out.append((bytes(k[8:]), bytes(v)))
-        return out
+        return [(k[8:], v) for k, v in scan_prefix(txn, self.d_xattrs, ikey(ino))]
 
     # ------------------------------------------------------------------ data
     def _base_bytes(self, txn, node: Inode, start: int, end: int) -> bytes:
@@ -412,7 +382,7 @@ class Worktree:
             return [(n, self.get(txn, c)) for n, c in self.list_dir(txn, ino)]
 
     def read(self, ino: int, offset: int, size: int) -> bytes:
-        with self.store.read_buffers() as txn:
+        with self.store.read(buffers=True) as txn:
             node = self.get(txn, ino)
             if node.is_dir:
                 raise fserr(errno.EISDIR)
