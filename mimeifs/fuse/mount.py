@@ -49,9 +49,13 @@ def mount_info(store_path: str) -> dict | None:
 
 
 def clear_stale(mountpoint: str) -> None:
-    """Lazily unmount a FUSE mount whose daemon died (ENOTCONN on stat)."""
+    """Lazily unmount a FUSE mount whose daemon died.
+
+    ``statfs`` always goes to the daemon (``stat`` may be answered from the kernel's
+    attribute cache), so a dead one shows as ENOTCONN there.
+    """
     try:
-        os.stat(mountpoint)
+        os.statvfs(mountpoint)
     except OSError as e:
         if e.errno == errno.ENOTCONN:
             subprocess.run(["fusermount3", "-uz", mountpoint], check=False,
