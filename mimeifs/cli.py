@@ -61,7 +61,12 @@ def _whole(ctx, op: str, **args):
             return call(mnt, op, **args)
         e = _engine(ctx)
         if op == "backup":
-            return e.backup(args["id"], args.get("memo", ""))
+            bar = _progress(None, "backup")
+            try:
+                return e.backup(args["id"], args.get("memo", ""), bar.update if bar else None)
+            finally:
+                if bar:
+                    bar.close()
         if op == "release":
             return e.release(args["id"], args.get("n"))
         if op == "restore":
@@ -87,7 +92,7 @@ def _invalidate(ctx) -> None:
             pass
 
 
-def _progress(total: int, desc: str):
+def _progress(total: int | None, desc: str):
     """A tqdm byte counter on a terminal, nothing elsewhere."""
     if not sys.stderr.isatty():
         return None

@@ -101,7 +101,7 @@ def entry_of(txn, wt: Worktree, name: bytes, c: Inode, h: bytes, size: int) -> E
                  c.target if c.is_lnk else b"", xs)
 
 
-def freeze_dir(txn, wt: Worktree, node: Inode, stats: dict) -> tuple[bytes, int]:
+def freeze_dir(txn, wt: Worktree, node: Inode, stats: dict, progress=None) -> tuple[bytes, int]:
     """A directory's tree hash and total file bytes below, building dirty subtrees."""
     if node.frozen != ZERO32:
         return node.frozen, node.aux
@@ -109,12 +109,15 @@ def freeze_dir(txn, wt: Worktree, node: Inode, stats: dict) -> tuple[bytes, int]
     for name, cino in wt.list_dir(txn, node.ino):
         c = wt.get(txn, cino)
         if c.is_dir:
-            h, size = freeze_dir(txn, wt, c, stats)
+            h, size = freeze_dir(txn, wt, c, stats, progress)
             total += size
         elif c.is_reg:
-            stats["files"] += c.frozen == ZERO32
+            dirty = c.frozen == ZERO32
+            stats["files"] += dirty
             h, added = freeze_file(txn, wt, c)
             stats["new_bytes"] += added
+            if dirty and progress is not None:
+                progress(c.size)
             size = c.size
             total += size
         else:
@@ -128,12 +131,14 @@ def freeze_dir(txn, wt: Worktree, node: Inode, stats: dict) -> tuple[bytes, int]
     return h, total
 
 
-def freeze(txn, wt: Worktree, root_ino: int) -> tuple[str, bytes, int, dict]:
-    """Freeze a cur root: (kind "fs"|"file", root hash, total bytes, stats)."""
+def freeze(txn, wt: Worktree, root_ino: int, progress=None) -> tuple[str, bytes, int, dict]:
+    """Freeze a cur root: (kind "fs"|"file", root hash, total bytes, stats).
+
+    ``progress(nbytes)`` is called as dirty files are chunked."""
     stats = {"new_bytes": 0, "files": 0, "trees": 0}
     root = wt.get(txn, root_ino)
     if root.is_dir:
-        h, total = freeze_dir(txn, wt, root, stats)
+        h, total = freeze_dir(txn, wt, root, stats, progress)
         return "fs", h, total, stats
     h, added = freeze_file(txn, wt, root)
     stats["new_bytes"] = added

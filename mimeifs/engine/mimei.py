@@ -281,7 +281,7 @@ class Engine:
             txn.delete(d20 + s20, db=self.d_refs_in)
 
     # ------------------------------------------------------------------ versions
-    def backup(self, mimei: str, memo: str = "") -> dict:
+    def backup(self, mimei: str, memo: str = "", progress=None) -> dict:
         """Freeze cur into version n+1, signed; moves ``last``. Returns the record
         plus ``stats`` (new bytes, files re-chunked, trees written).
 
@@ -292,7 +292,7 @@ class Engine:
             raise MiMeiError(errno.EACCES, f"{mimei} was not authored by this node")
         with self.store.write() as txn:
             st = self._state(txn, m20)
-            kind, root, size, stats = bk.freeze(txn, self.wt, st["cur"])
+            kind, root, size, stats = bk.freeze(txn, self.wt, st["cur"], progress)
             n = 0 if st["last"] is None else st["last"] + 1
             rec = self.store.key.sign_record({
                 "type": "version", "mimei": mimei, "n": n, "kind": kind, "root": root.hex(),
