@@ -41,8 +41,8 @@ offsets = st.one_of(
     st.integers(4 * PAGE - 40, 4 * PAGE + 40),         # straddle the 256 KiB mark
     st.integers(0, 6 * PAGE),                          # anywhere, often past EOF (sparse)
 )
-lengths = st.one_of(  # zero-length writes: see test_engine.test_zero_length_write_keeps_size
-    st.integers(1, 200),
+lengths = st.one_of(  # zero-length writes included: they must change nothing
+    st.integers(0, 200),
     st.integers(PAGE - 50, PAGE + 50),
     st.integers(1, 3 * PAGE),
     st.integers(256 * 1024, 300 * 1024),               # bigger than a max chunk
