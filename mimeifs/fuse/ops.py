@@ -679,6 +679,9 @@ class Operations(pyfuse3.Operations):
             raise _err(errno.EROFS)
         if name in _MIMEI_XATTRS:
             return  # synthesized names: copying them in (rsync -X, tar --xattrs) is a no-op
+        if name.startswith(b"system."):
+            # POSIX ACLs are not kept: refusing them makes cp -a / tar fall back to chmod
+            raise _err(errno.EOPNOTSUPP)
         self.wt.setxattr(inode, name, value)
 
     @handler
