@@ -156,8 +156,10 @@ class ChunkCache:
 
 
 def load_chunk(txn, db, h: bytes, length: int, cache: ChunkCache | None = None,
-               verify: bool = False) -> bytes:
-    """Read chunk ``h`` of ``length`` bytes. Raises :class:`CorruptBlock` if missing/bad."""
+               verify: bool = True) -> bytes:
+    """Read chunk ``h`` of ``length`` bytes, checking its blake3 when it comes from the
+    store (as ZFS and restic check every read; cache hits were checked on the way in).
+    Raises :class:`CorruptBlock` if missing, undecodable or not matching its hash."""
     if cache is not None:
         v = cache.get(h)
         if v is not None:

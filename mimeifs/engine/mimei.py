@@ -203,7 +203,7 @@ class Engine:
             root = self.wt.new_inode(txn, m20, m, uid, gid)
             self.wt.link_entry(txn, ROOT_PARENT, m20, root)
             self._put_state(txn, m20, {"cur": root.ino, "last": None, "release": None})
-            txn.put(mark.encode(), m20, db=self.d_names)
+            txn.put(mark.encode(), m20, db=self.d_names, overwrite=False)  # first one keeps the name
         self._own.pop(m20, None)
         return mid
 
@@ -240,10 +240,16 @@ class Engine:
             for t in self._refs_out(txn, m20):
                 txn.delete(m20 + bytes.fromhex(t), db=self.d_refs)
                 txn.delete(bytes.fromhex(t) + m20, db=self.d_refs_in)
-            if txn.get(info["mark"].encode(), db=self.d_names) == m20:
-                txn.delete(info["mark"].encode(), db=self.d_names)
             txn.delete(m20, db=self.d_state)
             txn.delete(m20, db=self.d_mimei)
+            mark = info["mark"].encode()
+            if txn.get(mark, db=self.d_names) == m20:
+                txn.delete(mark, db=self.d_names)
+                for k, v in txn.cursor(db=self.d_mimei):  # another MiMei of ours with this mark
+                    other = json.loads(v)
+                    if other["mark"] == info["mark"] and other["author"] == self.node_id:
+                        txn.put(mark, bytes(k), db=self.d_names)
+                        break
         self._own.pop(m20, None)
 
     # ------------------------------------------------------------------ references
