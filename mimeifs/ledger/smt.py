@@ -22,25 +22,28 @@ Hashes (blake3, 32 bytes, one domain byte each)::
 
 Storage (named LMDB sub-databases ``<name>.nodes``, ``<name>.roots``, ``<name>.stale``)
 ----------------------------------------------------------------------------------------
-A node is stored once, under its *ref* = pulse (u32 BE) || hash (32): the pulse that wrote
-it, then its hash. Unchanged nodes are shared between versions (a new version's nodes point
-at old refs). Because all new keys of a pulse share the pulse prefix and are sorted before
-writing, each pulse's nodes are appended at the end of the B-tree (dense pages).
+A node is stored once, under its *ref* = pulse (u32 BE) || index (u32 BE): the pulse that
+wrote it and its rank among that pulse's new nodes. Nodes are created children first, so
+the indexes ascend in creation order and each pulse's nodes are appended at the end of
+the B-tree (dense pages) with no sort. Unchanged nodes are shared between versions (a new
+version's nodes point at old refs). A node's hash is kept in its parent (and the root's
+in ``roots``), so a parent holds everything its own hash covers as one leading slice.
 
-- ``nodes``: ref (36) -> leaf value (36 bytes: key, balance, seq) or internal value
-  (93 bytes: d(1) || left hash(32) || right hash(32) || left pulse(4) || right pulse(4) ||
-  prefix(20), the first ``d`` bits of every key below, zero-padded).
-- ``roots``: pulse (u32 BE) -> root ref (36), or b"" for the empty tree.
-- ``stale``: pulse p (u32 BE) -> the refs (36 bytes each, concatenated) of the nodes that
-  left the tree at pulse p (part of pulse p-1's tree but not of p's); one put per pulse. :meth:`SparseMerkleTree.prune` uses it, as the
-  Jellyfish Merkle Tree (Diem) does, to drop versions older than a given pulse.
+- ``nodes``: ref (8) -> leaf value (36 bytes: key, balance, seq) or internal value
+  (102 bytes: 0x01 || d(1) || left hash(32) || right hash(32) || left ref(8) ||
+  right ref(8) || prefix(20), the first ``d`` bits of every key below, zero-padded).
+  The internal hash is blake3 of the value's first 66 bytes.
+- ``roots``: pulse (u32 BE) -> root hash (32) || root ref (8), or b"" for the empty tree.
+- ``stale``: pulse p (u32 BE) -> the refs (8 bytes each, concatenated) of the nodes that
+  left the tree at pulse p (part of pulse p-1's tree but not of p's); one put per pulse.
+  :meth:`SparseMerkleTree.prune` uses it, as the Jellyfish Merkle Tree (Diem) does, to
+  drop versions older than a given pulse.
 
 Proofs: see :mod:`mimeifs.ledger.proof`.
 """
 
 from __future__ import annotations
 
-import operator
 import struct
 from bisect import bisect_left
 from typing import Iterable, Iterator
@@ -52,13 +55,15 @@ from .proof import EMPTY_HASH, LEAF, NODE, Proof
 KEY_BITS = 160
 KEY_BYTES = 20
 _U32 = struct.Struct(">I")
+_REF = struct.Struct(">II")  # pulse, index
+#: b"\x01" || d for each split depth d: the head of an internal node's hashed bytes
+_NH = [bytes((1, d)) for d in range(KEY_BITS)]
 _LEAF = struct.Struct(">20sQQ")
 _MAX_U64 = (1 << 64) - 1
 #: Internal nodes with a split depth below this are kept in memory between pulses (the
 #: paper's "Level 1 or 2 miners: all data must be in memory", Part II §VIII): every pulse
-#: of thousands of changes touches nearly all of them. 2**16 nodes at most, ~16 MB.
+#: of thousands of changes touches nearly all of them. 2**16 nodes at most, ~17 MB.
 CACHE_DEPTH = 16
-_first = operator.itemgetter(0)
 
 
 class SMTError(Exception):
@@ -100,9 +105,11 @@ class SparseMerkleTree:
         self.nodes = store.db(name + ".nodes")
         self.roots = store.db(name + ".roots")
         self.stale = store.db(name + ".stale")
-        # ref -> value of internal nodes above depth CACHE_DEPTH (immutable, so never stale;
-        # entries leave when their node leaves the newest tree)
+        # ref -> value of the newest tree's internal nodes above depth CACHE_DEPTH. Refs
+        # are (pulse, index), so a pulse whose transaction was aborted could reuse them:
+        # the cache is only trusted when it was filled for the newest committed pulse.
         self._cache: dict[bytes, bytes] = {}
+        self._cache_pulse: int | None = None
 
     # -- versions ------------------------------------------------------------------
     def latest_pulse(self, txn=None) -> int | None:
@@ -122,10 +129,9 @@ class SparseMerkleTree:
                 return self.pulses(t)
         return [_U32.unpack(k)[0] for k in txn.cursor(db=self.roots).iternext(values=False)]
 
-    def root_ref(self, txn, pulse: int | None = None) -> bytes | None:
-        """The root ref (36 bytes) of ``pulse`` (default: newest); None for an empty tree.
-
-        Raises :class:`SMTError` if that pulse has no root (never applied, or pruned).
+    def root_link(self, txn, pulse: int | None = None) -> bytes | None:
+        """Root hash (32) || root ref (8) of ``pulse`` (default: newest); None for an empty
+        tree. Raises :class:`SMTError` if that pulse has no root (never applied, or pruned).
         """
         if pulse is None:
             pulse = self.latest_pulse(txn)
@@ -141,8 +147,8 @@ class SparseMerkleTree:
         if txn is None:
             with self.store.read() as t:
                 return self.root(pulse, t)
-        ref = self.root_ref(txn, pulse)
-        return EMPTY_HASH if ref is None else ref[4:]
+        link = self.root_link(txn, pulse)
+        return EMPTY_HASH if link is None else link[:32]
 
     # -- reads ----------------------------------------------------------------------
     def get(self, key: bytes, pulse: int | None = None, txn=None) -> tuple[int, int] | None:
@@ -150,17 +156,18 @@ class SparseMerkleTree:
         if txn is None:
             with self.store.read() as t:
                 return self.get(key, pulse, t)
-        ref = self.root_ref(txn, pulse)
+        link = self.root_link(txn, pulse)
+        if link is None:
+            return None
+        ref = link[32:]
         k = int.from_bytes(key, "big")
         nodes = self.nodes
-        while ref is not None:
+        while True:
             v = txn.get(ref, db=nodes)
             if len(v) == 36:
                 lk, bal, seq = _LEAF.unpack(v)
                 return (bal, seq) if lk == key else None
-            d = v[0]
-            ref = (v[69:73] + v[33:65]) if (k >> (159 - d)) & 1 else (v[65:69] + v[1:33])
-        return None
+            ref = v[74:82] if (k >> (159 - v[1])) & 1 else v[66:74]
 
     def items(self, pulse: int | None = None, txn=None) -> Iterator[tuple[bytes, int, int]]:
         """Every leaf (key, balance, seq) of ``pulse``'s tree in key order (a generator
@@ -169,15 +176,15 @@ class SparseMerkleTree:
             with self.store.read() as t:
                 yield from self.items(pulse, t)
             return
-        ref = self.root_ref(txn, pulse)
-        stack = [ref] if ref is not None else []
+        link = self.root_link(txn, pulse)
+        stack = [link[32:]] if link is not None else []
         while stack:
             v = txn.get(stack.pop(), db=self.nodes)
             if len(v) == 36:
                 yield _LEAF.unpack(v)
             else:
-                stack.append(v[69:73] + v[33:65])
-                stack.append(v[65:69] + v[1:33])
+                stack.append(v[74:82])
+                stack.append(v[66:74])
 
     def prove(self, key: bytes, pulse: int | None = None, txn=None) -> Proof:
         """An inclusion proof of ``key`` if it is in ``pulse``'s tree, else a non-inclusion
@@ -191,9 +198,10 @@ class SparseMerkleTree:
         if txn is None:
             with self.store.read() as t:
                 return self.prove(key, pulse, t)
-        ref = self.root_ref(txn, pulse)
-        if ref is None:
+        link = self.root_link(txn, pulse)
+        if link is None:
             return Proof(key, None, (), ())
+        ref = link[32:]
         k = int.from_bytes(key, "big")
         depths: list[int] = []
         sibs: list[bytes] = []
@@ -201,14 +209,14 @@ class SparseMerkleTree:
             v = txn.get(ref, db=self.nodes)
             if len(v) == 36:
                 return Proof(key, bytes(v), tuple(depths), tuple(sibs))
-            d = v[0]
+            d = v[1]
             depths.append(d)
             if (k >> (159 - d)) & 1:
-                sibs.append(bytes(v[1:33]))
-                ref = v[69:73] + v[33:65]
+                sibs.append(v[2:34])
+                ref = v[74:82]
             else:
-                sibs.append(bytes(v[33:65]))
-                ref = v[65:69] + v[1:33]
+                sibs.append(v[34:66])
+                ref = v[66:74]
 
     # -- writes ---------------------------------------------------------------------
     def apply(self, pulse: int, changes) -> bytes:
@@ -225,7 +233,7 @@ class SparseMerkleTree:
         ``changes`` maps a 20-byte key to ``(balance, seq)`` (insert or update) or ``None``
         (delete; deleting an absent key is a no-op); a dict or an iterable of pairs (a later
         pair for the same key wins). Every touched node is read once and hashed once; new
-        nodes and stale marks are written sorted, appended in this transaction.
+        nodes are appended in creation order and stale marks written in one put.
         ``pulse`` must be greater than every pulse applied before (u32).
         Returns the new root hash. Raises :class:`SMTError` on a bad pulse, key or value.
         """
@@ -234,28 +242,37 @@ class SparseMerkleTree:
         last = self.latest_pulse(txn)
         if last is not None and pulse <= last:
             raise SMTError(f"pulse {pulse} is not after the newest pulse {last}")
-        base = self.root_ref(txn, last) if last is not None else None
+        base = self.root_link(txn, last) if last is not None else None
         if isinstance(changes, dict):
             changes = changes.items()
-        byint: dict[int, bytes | None] = {}
+        byint: dict[int, tuple] = {}
+        pack = _LEAF.pack
         for key, val in changes:
             if not isinstance(key, (bytes, bytearray)) or len(key) != KEY_BYTES:
                 raise SMTError("an account key is 20 bytes")
-            byint[int.from_bytes(key, "big")] = None if val is None else leaf_value(bytes(key), val[0], val[1])
+            key = bytes(key)
+            if val is None:
+                byint[int.from_bytes(key, "big")] = (key, None)
+            else:
+                try:
+                    byint[int.from_bytes(key, "big")] = (key, pack(key, val[0], val[1]))
+                except (struct.error, TypeError, IndexError):
+                    raise SMTError("balance and sequence are unsigned 64-bit integers") from None
         keys = sorted(byint)
-        vals = [byint[k] for k in keys]
+        kv = [byint[k] for k in keys]
+        if self._cache_pulse != last:
+            self._cache.clear()
+        self._cache_pulse = None  # trusted again only once this pulse is written
+        new, puts, stale = _batch_update(txn, self.nodes, self._cache, pulse, keys, kv,
+                                         None if base is None else (base[:32], base[32:]))
         pp = _U32.pack(pulse)
-        new, puts, stale = _batch_update(txn, self.nodes, self._cache, pp, keys, vals, base)
         if puts:
-            puts.sort(key=_first)
             txn.cursor(db=self.nodes).putmulti(puts, append=True)
         if stale:
             txn.put(pp, b"".join(stale), db=self.stale, append=True)
-            pop = self._cache.pop
-            for r in stale:
-                pop(r, None)
-        txn.put(pp, new or b"", db=self.roots, append=True)
-        return EMPTY_HASH if new is None else new[4:]
+        txn.put(pp, b"" if new is None else new[0] + new[1], db=self.roots, append=True)
+        self._cache_pulse = pulse
+        return EMPTY_HASH if new is None else new[0]
 
     def prune(self, keep_from: int) -> int:
         """Drop every version older than pulse ``keep_from`` (its tree stays readable).
@@ -275,8 +292,8 @@ class SparseMerkleTree:
                 if k >= limit:
                     break
                 doomed.append(k)
-                for i in range(0, len(blob), 36):
-                    txn.delete(blob[i:i + 36], db=self.nodes)
+                for i in range(0, len(blob), 8):
+                    txn.delete(blob[i:i + 8], db=self.nodes)
                     n += 1
             for k in doomed:
                 txn.delete(k, db=self.stale)
@@ -294,44 +311,57 @@ class SparseMerkleTree:
         return txn.stat(self.nodes)["entries"]
 
 
-def _batch_update(txn, db, cache: dict, pp: bytes, keys: list[int], vals: list, base):
-    """One batch update (internal): returns (new root ref, new nodes, stale refs).
+def _batch_update(txn, db, cache: dict, pulse: int, keys: list[int], kv: list, base):
+    """One batch update (internal): returns (new root link, new nodes, stale refs).
 
-    ``keys`` are sorted ints, ``vals`` the matching 36-byte leaf values or None (delete).
-    ``update(ref, lo, hi)`` returns the new ref of the subtree at ``ref`` after applying
-    items ``lo:hi``; ``build(lo, hi)`` makes a new subtree of items ``lo:hi``. Each touched
-    node is read once (from ``cache`` when it is one of the top levels) and hashed once.
-    Written as closures over locals: this loop is the ledger's hot path.
+    A *link* is a (hash, ref) tuple. ``keys`` are the sorted int keys, ``kv`` the matching
+    (20-byte key, 36-byte leaf value or None for a delete). ``update(link, lo, hi)``
+    returns the new link of the subtree at ``link`` after applying items ``lo:hi`` (the
+    same object if nothing changed, None if it became empty); ranges of one item take
+    ``single``, a loop down the key's path and back up with no recursion, no bisect and
+    no prefix decoding (the leaf reached tells where an inserted key splits off, as in a
+    crit-bit tree). ``build(lo, hi)`` makes a new subtree. Each touched node is read once
+    (from ``cache`` when it is one of the top levels) and hashed once; new nodes get
+    ascending refs in creation order (children first), so ``puts`` is already sorted.
+    Written as closures over locals: this is the ledger's hot path.
     """
     puts: list[tuple[bytes, bytes]] = []
     stale: list[bytes] = []
     put = puts.append
+    sapp = stale.append
     get = txn.get
     cget = cache.get
+    cpop = cache.pop
     h3 = blake3
     bl = bisect_left
+    mkref = _REF.pack
+    NH = _NH
+    CD = CACHE_DEPTH
+    LF = LEAF
 
-    def node(d: int, left: bytes, right: bytes, prefix: int) -> bytes:
-        head = bytes((d,)) + left[4:] + right[4:]
-        ref = pp + h3(NODE + head).digest()
-        v = head + left[:4] + right[:4] + prefix.to_bytes(20, "big")
+    def node(d: int, left, right, prefix: bytes):
+        head = NH[d] + left[0] + right[0]
+        ref = mkref(pulse, len(puts))
+        v = head + left[1] + right[1] + prefix
         put((ref, v))
-        if d < CACHE_DEPTH:
+        if d < CD:
             cache[ref] = v
-        return ref
+        return (h3(head).digest(), ref)
+
+    def leaf(v: bytes):
+        ref = mkref(pulse, len(puts))
+        put((ref, v))
+        return (h3(LF + v).digest(), ref)
 
     def build(lo: int, hi: int):
-        while lo < hi and vals[lo] is None:
+        while lo < hi and kv[lo][1] is None:
             lo += 1
-        while lo < hi and vals[hi - 1] is None:
+        while lo < hi and kv[hi - 1][1] is None:
             hi -= 1
         if lo == hi:
             return None
         if hi - lo == 1:
-            v = vals[lo]
-            ref = pp + h3(LEAF + v).digest()
-            put((ref, v))
-            return ref
+            return leaf(kv[lo][1])
         a = keys[lo]
         j = 160 - (a ^ keys[hi - 1]).bit_length()
         s = 159 - j
@@ -342,48 +372,116 @@ def _batch_update(txn, db, cache: dict, pp: bytes, keys: list[int], vals: list, 
             return right
         if right is None:
             return left
-        return node(j, left, right, (a >> (s + 1)) << (s + 1))
+        return node(j, left, right, ((a >> (s + 1)) << (s + 1)).to_bytes(20, "big"))
 
-    def update(ref, lo: int, hi: int):
-        if ref is None:
+    def single(link, i: int):
+        k = keys[i]
+        kb, nv = kv[i]
+        ref = link[1]
+        path = []
+        refs = []
+        while True:
+            v = cget(ref)
+            if v is None:
+                v = get(ref, db=db)
+            if len(v) == 36:
+                break
+            path.append(v)
+            refs.append(ref)
+            ref = v[74:82] if (k >> (159 - v[1])) & 1 else v[66:74]
+        if v[:20] == kb:
+            if nv == v:
+                return link
+            sapp(ref)
+            if nv is None:
+                if not path:
+                    return None
+                pv = path.pop()
+                r = refs.pop()
+                sapp(r)
+                if pv[1] < CD:
+                    cpop(r, None)
+                if (k >> (159 - pv[1])) & 1:
+                    h, r = pv[2:34], pv[66:74]
+                else:
+                    h, r = pv[34:66], pv[74:82]
+            else:
+                r = mkref(pulse, len(puts))
+                put((r, nv))
+                h = h3(LF + nv).digest()
+        else:
+            if nv is None:
+                return link  # deleting an absent key
+            j = 160 - (k ^ int.from_bytes(v[:20], "big")).bit_length()
+            n = 0
+            while n < len(path) and path[n][1] < j:
+                n += 1
+            if n == 0:
+                sub = link
+            else:
+                pv = path[n - 1]
+                sub = (pv[34:66], pv[74:82]) if (k >> (159 - pv[1])) & 1 else (pv[2:34], pv[66:74])
+            del path[n:]
+            del refs[n:]
+            new = leaf(nv)
+            s = 159 - j
+            if (k >> s) & 1:
+                h, r = node(j, sub, new, ((k >> (s + 1)) << (s + 1)).to_bytes(20, "big"))
+            else:
+                h, r = node(j, new, sub, ((k >> (s + 1)) << (s + 1)).to_bytes(20, "big"))
+        for x in range(len(path) - 1, -1, -1):
+            pv = path[x]
+            d = pv[1]
+            o = refs[x]
+            sapp(o)
+            if (k >> (159 - d)) & 1:
+                head = pv[:34] + h
+                nv = head + pv[66:74] + r + pv[82:]
+            else:
+                head = pv[:2] + h + pv[34:66]
+                nv = head + r + pv[74:]
+            h = h3(head).digest()
+            r = mkref(pulse, len(puts))
+            put((r, nv))
+            if d < CD:
+                cpop(o, None)
+                cache[r] = nv
+        return (h, r)
+
+    def update(link, lo: int, hi: int):
+        if link is None:
             return build(lo, hi)
+        if hi - lo == 1:
+            return single(link, lo)
+        ref = link[1]
         v = cget(ref)
         if v is None:
             v = get(ref, db=db)
         kmin = keys[lo]
         kmax = keys[hi - 1]
         if len(v) == 36:
-            p = int.from_bytes(v[:20], "big")
-            if kmin == p and kmax == p:  # the one item is this leaf's key
-                nv = vals[lo]
-                if nv == v:
-                    return ref
-                stale.append(ref)
-                if nv is None:
-                    return None
-                nref = pp + h3(LEAF + nv).digest()
-                put((nref, nv))
-                return nref
-            plo = phi = p
+            plo = phi = int.from_bytes(v[:20], "big")
         else:
-            d = v[0]
-            p = int.from_bytes(v[73:93], "big")
+            d = v[1]
+            p = int.from_bytes(v[82:102], "big")
             sh = 160 - d
             if not ((kmin ^ p) >> sh) and not ((kmax ^ p) >> sh):
                 s = 159 - d
                 split = bl(keys, ((p >> s) | 1) << s, lo, hi)
-                lref = v[65:69] + v[1:33]
-                rref = v[69:73] + v[33:65]
-                nl = update(lref, lo, split) if split > lo else lref
-                nr = update(rref, split, hi) if hi > split else rref
-                if nl == lref and nr == rref:
-                    return ref
-                stale.append(ref)
+                ol = (v[2:34], v[66:74])
+                orr = (v[34:66], v[74:82])
+                nl = update(ol, lo, split) if split > lo else ol
+                nr = update(orr, split, hi) if hi > split else orr
+                if nl is ol and nr is orr:
+                    return link
+                sapp(ref)
+                if d < CD:
+                    cpop(ref, None)
                 if nl is None:
                     return nr
                 if nr is None:
                     return nl
-                return node(d, nl, nr, p)
+                return node(d, nl, nr, v[82:102])
             plo = p
             phi = p | ((1 << sh) - 1)
         # Some items fall outside this subtree's prefix: split above it at depth j < d.
@@ -392,15 +490,15 @@ def _batch_update(txn, db, cache: dict, pp: bytes, keys: list[int], vals: list, 
         split = bl(keys, ((plo >> s) | 1) << s, lo, hi)
         if (plo >> s) & 1:
             left = build(lo, split)
-            right = update(ref, split, hi) if hi > split else ref
+            right = update(link, split, hi) if hi > split else link
         else:
-            left = update(ref, lo, split) if split > lo else ref
+            left = update(link, lo, split) if split > lo else link
             right = build(split, hi)
         if left is None:
             return right
         if right is None:
             return left
-        return node(j, left, right, (plo >> (s + 1)) << (s + 1))
+        return node(j, left, right, ((plo >> (s + 1)) << (s + 1)).to_bytes(20, "big"))
 
     new = update(base, 0, len(keys)) if keys else base
     return new, puts, stale
