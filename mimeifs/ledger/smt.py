@@ -97,7 +97,7 @@ class SparseMerkleTree:
     the same transaction), :meth:`apply` opens one.
     """
 
-    def __init__(self, store, name: str = "ledger.smt"):
+    def __init__(self, store, name: str = "ledger.smt", cache_depth: int = CACHE_DEPTH):
         if not name.startswith("ledger."):
             raise ValueError("ledger sub-databases are named ledger.*")
         self.store = store
@@ -110,6 +110,7 @@ class SparseMerkleTree:
         # the cache is only trusted when it was filled for the newest committed pulse.
         self._cache: dict[bytes, bytes] = {}
         self._cache_pulse: int | None = None
+        self.cache_depth = cache_depth
 
     # -- versions ------------------------------------------------------------------
     def latest_pulse(self, txn=None) -> int | None:
@@ -263,7 +264,7 @@ class SparseMerkleTree:
         if self._cache_pulse != last:
             self._cache.clear()
         self._cache_pulse = None  # trusted again only once this pulse is written
-        new, puts, stale = _batch_update(txn, self.nodes, self._cache, pulse, keys, kv,
+        new, puts, stale = _batch_update(txn, self.nodes, self._cache, self.cache_depth, pulse, keys, kv,
                                          None if base is None else (base[:32], base[32:]))
         pp = _U32.pack(pulse)
         if puts:
@@ -311,7 +312,7 @@ class SparseMerkleTree:
         return txn.stat(self.nodes)["entries"]
 
 
-def _batch_update(txn, db, cache: dict, pulse: int, keys: list[int], kv: list, base):
+def _batch_update(txn, db, cache: dict, CD: int, pulse: int, keys: list[int], kv: list, base):
     """One batch update (internal): returns (new root link, new nodes, stale refs).
 
     A *link* is a (hash, ref) tuple. ``keys`` are the sorted int keys, ``kv`` the matching
@@ -336,7 +337,6 @@ def _batch_update(txn, db, cache: dict, pulse: int, keys: list[int], kv: list, b
     bl = bisect_left
     mkref = _REF.pack
     NH = _NH
-    CD = CACHE_DEPTH
     LF = LEAF
 
     def node(d: int, left, right, prefix: bytes):
@@ -380,15 +380,30 @@ def _batch_update(txn, db, cache: dict, pulse: int, keys: list[int], kv: list, b
         ref = link[1]
         path = []
         refs = []
-        while True:
+        while True:  # the cached top levels
             v = cget(ref)
             if v is None:
                 v = get(ref, db=db)
-            if len(v) == 36:
-                break
+                if len(v) == 36:
+                    break
+                if v[1] < CD:
+                    cache[ref] = v
+                else:
+                    path.append(v)
+                    refs.append(ref)
+                    ref = v[74:82] if (k >> (159 - v[1])) & 1 else v[66:74]
+                    break
             path.append(v)
             refs.append(ref)
             ref = v[74:82] if (k >> (159 - v[1])) & 1 else v[66:74]
+        if len(v) != 36:
+            while True:  # below them, children are deeper: LMDB only
+                v = get(ref, db=db)
+                if len(v) == 36:
+                    break
+                path.append(v)
+                refs.append(ref)
+                ref = v[74:82] if (k >> (159 - v[1])) & 1 else v[66:74]
         if v[:20] == kb:
             if nv == v:
                 return link
@@ -457,6 +472,8 @@ def _batch_update(txn, db, cache: dict, pulse: int, keys: list[int], kv: list, b
         v = cget(ref)
         if v is None:
             v = get(ref, db=db)
+            if len(v) != 36 and v[1] < CD:
+                cache[ref] = v
         kmin = keys[lo]
         kmax = keys[hi - 1]
         if len(v) == 36:

@@ -187,3 +187,25 @@ def test_forged_proofs_are_refused(store):
     with pytest.raises(BadProof):
         verify({"v": 1, "kind": "inclusion"}, root)
     assert compute_root(pr) == root
+
+
+def test_aborted_pulse_does_not_poison_the_cache(store):
+    # refs are (pulse, index): an aborted pulse's refs are reused when the pulse is
+    # applied again, so nodes the aborted run cached must not be trusted
+    keys = [os.urandom(20) for _ in range(300)]
+    t = SparseMerkleTree(store, cache_depth=160)
+    t.apply(1, {k: (1, 0) for k in keys})
+    with pytest.raises(RuntimeError):
+        with store.write() as txn:
+            t.apply_txn(txn, 2, {k: (5, 1) for k in keys[:100]})
+            raise RuntimeError("abort")
+    t.apply(2, {k: (7, 1) for k in keys[100:150]})
+    t.apply(3, {k: (9, 2) for k in keys[:200:3]})
+    fresh = SparseMerkleTree(store, "ledger.fresh")
+    want = {k: (1, 0) for k in keys}
+    want.update({k: (7, 1) for k in keys[100:150]})
+    want.update({k: (9, 2) for k in keys[:200:3]})
+    assert t.root(3) == fresh.apply(1, want)
+    assert sorted(t.items(3)) == sorted((k, b, s) for k, (b, s) in want.items())
+    for k in keys[:40]:
+        assert verify(t.prove(k, 3), t.root(3), k) == want[k]
