@@ -230,7 +230,7 @@ def change_one_percent(root: str, seed: int = 42) -> dict:
             with open(p, "ab") as f:
                 f.write(b"\n# mimeifs-bench change %d\n" % k)
             appended += 1
-    return {"files": len(files), "changed": n, "appended": appended,
+    return {"files": len(files), "changed": n, "paths": chosen, "appended": appended,
             "overwritten_16B_in_middle": overwritten, "seed": seed}
 
 
@@ -433,6 +433,7 @@ class Bench:
                              timeout=120)
             mid = self._hexid(out, "create")
             self.state["mimeifs_id"] = mid
+            self.R["meta"]["mimeifs_id"] = mid
             t0 = time.perf_counter()
             self.mm(st, "import", self.src, mid)
             _, out = self.mm(st, "backup", mid, "-m", "first", capture=True)
@@ -462,6 +463,7 @@ class Bench:
             _, out = self.mm(st, "backup", mid, "-m", "second", capture=True)
             dt = time.perf_counter() - t0
             self.state["mimeifs_v_second"] = self._version_n(out)
+            self.R["meta"]["mimeifs_v_second"] = self.state["mimeifs_v_second"]
         r["second_s"] = round(dt, 2)
         r.update({f"second_{k}": v for k, v in du_bytes(st).items()})
         log(f"{tool} second backup: {dt:.1f}s {r['second_bytes'] / 1e6:.0f} MB")
@@ -550,6 +552,26 @@ class Bench:
         dt, _ = run(f"cat {big} > /dev/null", self.T)
         r["big_warm_s"] = round(dt, 3)
         r["big_warm_MiBps"] = round(size / MiB / dt, 1)
+        if name != "native":
+            # The snapshot must hold the second state: compare the changed files.
+            changed = self.R["meta"].get("change", {}).get("paths", [])
+            wrong = []
+            for rel in changed:
+                with open(os.path.join(self.src, rel), "rb") as f1:
+                    want = f1.read()
+                try:
+                    with open(os.path.join(d, rel), "rb") as f2:
+                        got = f2.read()
+                except OSError as e:
+                    got = repr(e).encode()
+                if got != want:
+                    wrong.append(rel)
+            r["changed_files_checked"] = len(changed)
+            r["changed_files_wrong"] = len(wrong)
+            if wrong:
+                self.err(f"read: {name}", StepError(
+                    f"{len(wrong)} of {len(changed)} changed files differ from the source in "
+                    f"the second snapshot, e.g. {wrong[0]}"))
         log(f"read {name}: ls -lR {r['ls_lR_s']}s, cat all {r['cat_all_s']}s, "
             f"big cold {r['big_cold_MiBps']} MiB/s, warm {r['big_warm_MiBps']} MiB/s")
 
