@@ -168,3 +168,35 @@ def test_kill9_during_large_backup(fresh_mfs):
     assert {k: v[1] for k, v in got.items() if k.startswith("big/")} == want
     m.umount()
     _check_clean(m)
+
+
+def test_kill9_with_open_unlinked_file(fresh_mfs):
+    """A file unlinked while open is kept for its reader; if the daemon dies then, the
+    next mount frees it and the store stays consistent."""
+    m = fresh_mfs
+    mid = m.create("crash-c")
+    cur = m.cur(mid)
+    (cur / "keep").write_text("keep")
+    data = os.urandom(3 << 20)
+    (cur / "ghost").write_bytes(data)
+    assert m.backup(mid) == 0
+    f = open(cur / "ghost", "rb")
+    try:
+        os.unlink(cur / "ghost")
+        assert f.read(100) == data[:100]
+        m.kill9()
+    finally:
+        try:
+            f.close()
+        except OSError:
+            pass
+    m.mount()
+    assert sorted(os.listdir(cur)) == ["keep"]
+    assert (m.v(mid, 0) / "ghost").read_bytes() == data  # the version still has it
+    assert "orphan" in m.log_text()
+    assert m.backup(mid) == 1
+    assert sorted(os.listdir(m.v(mid, 1))) == ["keep"]
+    m.umount()
+    _check_clean(m)
+    m.run("gc")
+    _check_clean(m)

@@ -38,12 +38,6 @@ def test_create_read_write_offsets(mimei):
         os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
 
 
-BUG_O_TRUNC = ("BUG: mimeifs/fuse/ops.py Operations.open ignores O_TRUNC; libfuse3 negotiates "
-               "FUSE_CAP_ATOMIC_O_TRUNC so the kernel sends no setattr(size=0): "
-               "`printf 'hello world' > f; echo x > f; cat f` gives 'x\\nllo world'")
-
-
-
 def test_open_o_trunc_empties(mimei):
     m, mid, cur = mimei
     p = cur / "f"

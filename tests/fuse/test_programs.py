@@ -293,13 +293,6 @@ def _no_modes(d: dict) -> dict:
     return {k: strip(v) for k, v in d.items()}
 
 
-BUG_ACL = ("BUG: mimeifs/fuse/ops.py Operations.setxattr (-> worktree.setxattr) accepts "
-           "'system.posix_acl_access' and stores it as a plain xattr; cp -a/-p set the mode "
-           "that way (fsetxattr of the ACL, no fchmod after), so `cp -a SRC cur/` leaves every "
-           "file at cp's creation mode 0600 (dirs 0700). Either refuse system.posix_acl_* with "
-           "EOPNOTSUPP (cp then falls back to fchmod) or apply the ACL's mode bits")
-
-
 def test_cp_a_keeps_modes(mimei, tmp_path):
     m, mid, cur = mimei
     src = tmp_path / "src"
