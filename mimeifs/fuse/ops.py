@@ -130,7 +130,7 @@ class Operations(pyfuse3.Operations):
         self.opens: dict[int, int] = {}
         self.dirs: dict[int, DirHandle] = {}
         self._next_dh = 1
-        self.results: dict[str, bytes] = {}
+        self._nlinks: dict[bytes, int] = {}  # tree hash -> st_nlink (trees never change)
         self.start_ns = time.time_ns()
         engine.is_open = self._in_use
         self.ctrl = None  # set by mount: a control.Controller
@@ -196,11 +196,17 @@ class Operations(pyfuse3.Operations):
         a.st_ctime_ns = n.ctime_ns
         return a
 
+    def _dir_nlink(self, tree_hash: bytes) -> int:
+        """2 + subdirectories, ext4's convention (cur counts the same way)."""
+        n = self._nlinks.get(tree_hash)
+        if n is None:
+            n = self._nlinks[tree_hash] = 2 + sum(1 for x in self.e.tree(tree_hash).entries if x.is_dir)
+        return n
+
     def _entry_attr(self, ino: int, e: objects.Entry) -> pyfuse3.EntryAttributes:
         size = e.size if not e.is_dir else 4096
-        a = self._base_attr(ino, e.mode, size, 2 if e.is_dir else 1, e.mtime_ns, LONG,
-                            e.uid, e.gid, e.rdev)
-        return a
+        nlink = self._dir_nlink(e.hash) if e.is_dir else 1
+        return self._base_attr(ino, e.mode, size, nlink, e.mtime_ns, LONG, e.uid, e.gid, e.rdev)
 
     def _vattr(self, ino: int, v: VNode) -> pyfuse3.EntryAttributes:
         k = v.kind

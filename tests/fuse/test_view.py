@@ -176,11 +176,6 @@ def test_non_root_users(mimei):
     assert os.listdir(m.mm(mid) / ".refs") == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: mimeifs/fuse/ops.py Operations._entry_attr gives every directory in v/N "
-    "st_nlink=2 whatever its subdirectories, while the same directory in cur has 2 + "
-    "subdirs (ext4's convention, DESIGN: 'st_nlink right'): `mkdir -p cur/p/c1 cur/p/c2 "
-    "cur/p/c3; mimeifs backup ID; stat -c %h cur/p v/0/p` prints 5 and 2"))
 def test_version_dir_nlink_counts_subdirs(mimei):
     m, mid, cur = mimei
     for c in ("c1", "c2", "c3"):
