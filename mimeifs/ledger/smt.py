@@ -44,7 +44,14 @@ Proofs: see :mod:`mimeifs.ledger.proof`.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import os
+import pickle
 import struct
+import subprocess
+import sys
+import threading
 from bisect import bisect_left
 from typing import Iterable, Iterator
 
@@ -97,7 +104,7 @@ class SparseMerkleTree:
     the same transaction), :meth:`apply` opens one.
     """
 
-    def __init__(self, store, name: str = "ledger.smt", cache_depth: int = CACHE_DEPTH):
+    def __init__(self, store, name: str = "ledger.smt", cache_depth: int = CACHE_DEPTH, parallel: bool = False):
         if not name.startswith("ledger."):
             raise ValueError("ledger sub-databases are named ledger.*")
         self.store = store
@@ -111,6 +118,11 @@ class SparseMerkleTree:
         self._cache: dict[bytes, bytes] = {}
         self._cache_pulse: int | None = None
         self.cache_depth = cache_depth
+        #: split batches of ``parallel_min`` keys or more with a helper process (opt-in:
+        #: it pays only when a second core is idle; on this machine under others' load
+        #: it measured 27.7k vs 31.7k updates/s single-process at 1M accounts)
+        self.parallel = parallel
+        self.parallel_min = PARALLEL_MIN
 
     # -- versions ------------------------------------------------------------------
     def latest_pulse(self, txn=None) -> int | None:
@@ -264,8 +276,14 @@ class SparseMerkleTree:
         if self._cache_pulse != last:
             self._cache.clear()
         self._cache_pulse = None  # trusted again only once this pulse is written
-        new, puts, stale = _batch_update(txn, self.nodes, self._cache, self.cache_depth, pulse, keys, kv,
-                                         None if base is None else (base[:32], base[32:]))
+        link = None if base is None else (base[:32], base[32:])
+        got = None
+        if self.parallel and base is not None and len(keys) >= self.parallel_min and (os.cpu_count() or 1) > 1:
+            got = self._apply_split(txn, pulse, last, base, link, keys, kv)
+        if got is None:
+            new, puts, stale = _batch_update(txn, self.nodes, self._cache, self.cache_depth, pulse, keys, kv, link)
+        else:
+            new, puts, stale = got
         pp = _U32.pack(pulse)
         if puts:
             txn.cursor(db=self.nodes).putmulti(puts, append=True)
@@ -274,6 +292,55 @@ class SparseMerkleTree:
         txn.put(pp, b"" if new is None else new[0] + new[1], db=self.roots, append=True)
         self._cache_pulse = pulse
         return EMPTY_HASH if new is None else new[0]
+
+    def _apply_split(self, txn, pulse: int, last: int, base: bytes, link, keys: list[int], kv: list):
+        """:func:`_batch_update` with the upper half of the subtrees done by the helper
+        process at the same time; None if there is no helper or it refused."""
+        T = max(1, len(keys) // 32)
+        cache = self._cache
+        tasks = _plan(txn, self.nodes, cache, keys, link, T)
+        if len(tasks) < 2:
+            return None
+        half = len(keys) // 2
+        m = next((i for i, (_, lo, _) in enumerate(tasks) if lo >= half), len(tasks) - 1)
+        m = max(1, m)
+        mine, theirs = tasks[:m], tasks[m:]
+        a = theirs[0][1]
+        b = theirs[-1][2]
+        helper = _get_helper()
+        if helper is None:
+            return None
+        with helper.lock:
+            try:
+                _send(helper.proc.stdin, (self.store.env.path(), self.store.env.info()["map_size"], self.name,
+                                          self.cache_depth, pulse, last, base,
+                                          [(ln, lo - a, hi - a) for ln, lo, hi in theirs], keys[a:b], kv[a:b]))
+            except (OSError, ValueError):
+                return None
+            res0, puts0, stale0 = _batch_update(txn, self.nodes, cache, self.cache_depth, pulse, keys, kv, None,
+                                                0, mine)
+            got = _recv(helper.proc.stdout)
+        if got is None:
+            # the helper refused (base not committed) or died: undo nothing (nothing was
+            # written) and redo all of it here, with a cache that may hold this pulse's refs
+            cache.clear()
+            return None
+        res1, puts1, stale1 = got
+        preset = {}
+        for (ln, lo, _), r in zip(mine, res0):
+            preset[lo] = r
+        for (ln, lo, _), r in zip(theirs, res1):
+            preset[lo] = ln if r == 0 else r
+        pop = cache.pop
+        for r in stale1:
+            pop(r, None)
+        new, puts2, stale2 = _batch_update(txn, self.nodes, cache, self.cache_depth, pulse, keys, kv, link,
+                                           1 << 31, None, preset, T)
+        puts0 += puts1
+        puts0 += puts2
+        stale0 += stale1
+        stale0 += stale2
+        return new, puts0, stale0
 
     def prune(self, keep_from: int) -> int:
         """Drop every version older than pulse ``keep_from`` (its tree stays readable).
@@ -312,7 +379,8 @@ class SparseMerkleTree:
         return txn.stat(self.nodes)["entries"]
 
 
-def _batch_update(txn, db, cache: dict, CD: int, pulse: int, keys: list[int], kv: list, base):
+def _batch_update(txn, db, cache: dict, CD: int, pulse: int, keys: list[int], kv: list, base,
+                  ib: int = 0, tasks=None, preset=None, T: int = 0):
     """One batch update (internal): returns (new root link, new nodes, stale refs).
 
     A *link* is a (hash, ref) tuple. ``keys`` are the sorted int keys, ``kv`` the matching
@@ -325,6 +393,12 @@ def _batch_update(txn, db, cache: dict, CD: int, pulse: int, keys: list[int], kv
     (from ``cache`` when it is one of the top levels) and hashed once; new nodes get
     ascending refs in creation order (children first), so ``puts`` is already sorted.
     Written as closures over locals: this is the ledger's hot path.
+
+    Split across processes (see :class:`_Helper`): ``ib`` is added to every new node's
+    index; with ``tasks`` (a list of (link, lo, hi)) it returns the list of their new
+    links instead of a root; with ``preset`` (lo -> new link of the task starting at lo,
+    planned by :func:`_plan` with threshold ``T``) ranges of at most ``T`` items take
+    their precomputed result, so only the top of the tree is done here.
     """
     puts: list[tuple[bytes, bytes]] = []
     stale: list[bytes] = []
@@ -341,7 +415,7 @@ def _batch_update(txn, db, cache: dict, CD: int, pulse: int, keys: list[int], kv
 
     def node(d: int, left, right, prefix: bytes):
         head = NH[d] + left[0] + right[0]
-        ref = mkref(pulse, len(puts))
+        ref = mkref(pulse, ib + len(puts))
         v = head + left[1] + right[1] + prefix
         put((ref, v))
         if d < CD:
@@ -349,7 +423,7 @@ def _batch_update(txn, db, cache: dict, CD: int, pulse: int, keys: list[int], kv
         return (h3(head).digest(), ref)
 
     def leaf(v: bytes):
-        ref = mkref(pulse, len(puts))
+        ref = mkref(pulse, ib + len(puts))
         put((ref, v))
         return (h3(LF + v).digest(), ref)
 
@@ -421,7 +495,7 @@ def _batch_update(txn, db, cache: dict, CD: int, pulse: int, keys: list[int], kv
                 else:
                     h, r = pv[34:66], pv[74:82]
             else:
-                r = mkref(pulse, len(puts))
+                r = mkref(pulse, ib + len(puts))
                 put((r, nv))
                 h = h3(LF + nv).digest()
         else:
@@ -456,7 +530,7 @@ def _batch_update(txn, db, cache: dict, CD: int, pulse: int, keys: list[int], kv
                 head = pv[:2] + h + pv[34:66]
                 nv = head + r + pv[74:]
             h = h3(head).digest()
-            r = mkref(pulse, len(puts))
+            r = mkref(pulse, ib + len(puts))
             put((r, nv))
             if d < CD:
                 cpop(o, None)
@@ -466,6 +540,8 @@ def _batch_update(txn, db, cache: dict, CD: int, pulse: int, keys: list[int], kv
     def update(link, lo: int, hi: int):
         if link is None:
             return build(lo, hi)
+        if hi - lo <= T:
+            return preset[lo]
         if hi - lo == 1:
             return single(link, lo)
         ref = link[1]
@@ -517,5 +593,168 @@ def _batch_update(txn, db, cache: dict, CD: int, pulse: int, keys: list[int], kv
             return left
         return node(j, left, right, ((plo >> (s + 1)) << (s + 1)).to_bytes(20, "big"))
 
+    if tasks is not None:
+        return [update(link, lo, hi) for link, lo, hi in tasks], puts, stale
     new = update(base, 0, len(keys)) if keys else base
     return new, puts, stale
+
+
+def _plan(txn, db, cache: dict, keys: list[int], base, T: int) -> list:
+    """The (link, lo, hi) ranges of at most ``T`` items that :func:`_batch_update`'s
+    ``update`` meets first, in key order: it follows the same descent, reading only the
+    few nodes above them (new subtrees built from nothing are left to the top pass)."""
+    tasks: list = []
+
+    def plan(link, lo: int, hi: int) -> None:
+        if link is None:
+            return
+        if hi - lo <= T:
+            tasks.append((link, lo, hi))
+            return
+        ref = link[1]
+        v = cache.get(ref)
+        if v is None:
+            v = txn.get(ref, db=db)
+        kmin = keys[lo]
+        kmax = keys[hi - 1]
+        if len(v) == 36:
+            plo = phi = int.from_bytes(v[:20], "big")
+        else:
+            d = v[1]
+            p = int.from_bytes(v[82:102], "big")
+            sh = 160 - d
+            if not ((kmin ^ p) >> sh) and not ((kmax ^ p) >> sh):
+                s = 159 - d
+                split = bisect_left(keys, ((p >> s) | 1) << s, lo, hi)
+                if split > lo:
+                    plan((v[2:34], v[66:74]), lo, split)
+                if hi > split:
+                    plan((v[34:66], v[74:82]), split, hi)
+                return
+            plo = p
+            phi = p | ((1 << sh) - 1)
+        j = 160 - ((kmin if kmin < plo else plo) ^ (kmax if kmax > phi else phi)).bit_length()
+        s = 159 - j
+        split = bisect_left(keys, ((plo >> s) | 1) << s, lo, hi)
+        if (plo >> s) & 1:
+            if hi > split:
+                plan(link, split, hi)
+        elif split > lo:
+            plan(link, lo, split)
+
+    plan(base, 0, len(keys))
+    return tasks
+
+
+#: A batch of at least this many keys is split with a helper process (2+ cores).
+PARALLEL_MIN = 4096
+_HELPER_IB = 1 << 30  # the helper's node indexes; the top pass uses 1 << 31
+_LEN = struct.Struct(">Q")
+
+
+def _send(f, obj) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    f.write(_LEN.pack(len(data)))
+    f.write(data)
+    f.flush()
+
+
+def _recv(f):
+    head = f.read(8)
+    if len(head) < 8:
+        return None
+    n = _LEN.unpack(head)[0]
+    data = f.read(n)
+    if len(data) < n:
+        return None
+    return pickle.loads(data)
+
+
+class _Helper:
+    """A child interpreter (``python -m mimeifs.ledger.smt``) that updates the upper half
+    of a pulse's subtrees while this process does the lower half.
+
+    Python runs one thread at a time and a tree node costs a few microseconds of it, so a
+    second core is used by a second process. The helper opens the same LMDB environment
+    read-only and reads the newest *committed* tree (it refuses, and this process does
+    all the work, if the base pulse is not committed yet); it writes nothing and returns
+    its new nodes, stale refs and subtree links over a pipe. It keeps its own top-level
+    cache under the same rule as the tree's (trusted only for the pulse it last did).
+    A fresh interpreter rather than fork(): the parent may run threads (FUSE, LMDB).
+    """
+
+    def __init__(self):
+        env = dict(os.environ)
+        pkg_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env["PYTHONPATH"] = pkg_root + os.pathsep + env.get("PYTHONPATH", "")
+        self.proc = subprocess.Popen([sys.executable, "-m", "mimeifs.ledger.smt"], env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.lock = threading.Lock()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.proc.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(5)
+
+
+_helper: _Helper | None = None
+_helper_lock = threading.Lock()
+
+
+def _get_helper() -> _Helper | None:
+    global _helper
+    with _helper_lock:
+        if _helper is None or not _helper.alive():
+            try:
+                _helper = _Helper()
+            except OSError:
+                return None
+            atexit.register(_helper.close)
+        return _helper
+
+
+def _helper_main() -> None:  # pragma: no cover - runs in the child process
+    import lmdb
+    inp, out = sys.stdin.buffer, sys.stdout.buffer
+    envs: dict = {}
+    caches: dict = {}  # (env path, tree name) -> [cache, pulse it is trusted for]
+    while True:
+        msg = _recv(inp)
+        if msg is None:
+            return
+        path, map_size, name, cd, pulse, base_pulse, base, tasks, keys, kv = msg
+        env = envs.get(path)
+        if env is None:
+            for old in list(envs):  # keep one environment open: stores come and go
+                envs.pop(old).close()
+                for c in [c for c in caches if c[0] == old]:
+                    del caches[c]
+            env = envs[path] = lmdb.open(path, readonly=True, lock=True, max_dbs=64, max_readers=512,
+                                         map_size=map_size, readahead=False)
+        slot = caches.setdefault((path, name), [{}, None])
+        cache = slot[0]
+        if slot[1] != base_pulse or len(cache) > 1 << 18:
+            cache.clear()
+        slot[1] = None
+        with env.begin() as txn:
+            try:
+                roots = env.open_db((name + ".roots").encode(), txn=txn, create=False)
+                ok = txn.get(_U32.pack(base_pulse), db=roots) == base
+            except lmdb.Error:
+                ok = False
+            if not ok:
+                _send(out, None)  # the base pulse is not committed: the parent does it all
+                continue
+            db = env.open_db((name + ".nodes").encode(), txn=txn, create=False)
+            res, puts, stale = _batch_update(txn, db, cache, cd, pulse, keys, kv, None, _HELPER_IB, tasks)
+        slot[1] = pulse
+        same = [0 if r is t[0] else r for r, t in zip(res, tasks)]
+        _send(out, (same, puts, stale))
+
+
+if __name__ == "__main__":
+    _helper_main()

@@ -209,3 +209,30 @@ def test_aborted_pulse_does_not_poison_the_cache(store):
     assert sorted(t.items(3)) == sorted((k, b, s) for k, (b, s) in want.items())
     for k in keys[:40]:
         assert verify(t.prove(k, 3), t.root(3), k) == want[k]
+
+
+def test_split_with_helper_process_matches_one_process(store):
+    # batches above parallel_min are split with a helper process; force it on small ones
+    rnd = __import__("random").Random(5)
+    keys = [rnd.randbytes(20) for _ in range(3000)]
+    a = SparseMerkleTree(store, "ledger.a", parallel=True)
+    b = SparseMerkleTree(store, "ledger.b")
+    a.parallel_min = 64
+    for t in (a, b):
+        t.apply(1, {k: (1, 0) for k in keys[:2000]})
+    for p in range(2, 6):
+        ch = {k: (p, p) for k in rnd.sample(keys[:2000], 300)}
+        ch.update({k: (p, 0) for k in rnd.sample(keys[2000:], 100)})  # inserts
+        ch.update({k: None for k in rnd.sample(keys, 100)})  # deletes, some of absent keys
+        assert a.apply(p, ch) == b.apply(p, ch)
+    assert list(a.items()) == list(b.items())
+    for k in keys[:50]:
+        assert verify(a.prove(k), a.root(), k) == b.get(k)
+    # a base pulse not committed yet (two pulses in one transaction): done in one process
+    with store.write() as txn:
+        ra = a.apply_txn(txn, 6, {k: (6, 6) for k in keys[:500]})
+        ra = a.apply_txn(txn, 7, {k: (7, 7) for k in keys[:500]})
+    b.apply(6, {k: (6, 6) for k in keys[:500]})
+    assert ra == b.apply(7, {k: (7, 7) for k in keys[:500]})
+    assert a.prune(7) > 0 and b.prune(7) > 0
+    assert a.node_count() == b.node_count()
