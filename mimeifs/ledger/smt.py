@@ -53,6 +53,7 @@ import subprocess
 import sys
 import threading
 from bisect import bisect_left
+from itertools import count, repeat
 from typing import Iterable, Iterator
 
 from blake3 import blake3
@@ -281,7 +282,8 @@ class SparseMerkleTree:
         if self.parallel and base is not None and len(keys) >= self.parallel_min and (os.cpu_count() or 1) > 1:
             got = self._apply_split(txn, pulse, last, base, link, keys, kv)
         if got is None:
-            new, puts, stale = _batch_update(txn, self.nodes, self._cache, self.cache_depth, pulse, keys, kv, link)
+            new, vals, stale = _batch_update(txn, self.nodes, self._cache, self.cache_depth, pulse, keys, kv, link)
+            puts = _pairs(pulse, 0, vals) if vals else None
         else:
             new, puts, stale = got
         pp = _U32.pack(pulse)
@@ -336,11 +338,9 @@ class SparseMerkleTree:
             pop(r, None)
         new, puts2, stale2 = _batch_update(txn, self.nodes, cache, self.cache_depth, pulse, keys, kv, link,
                                            1 << 31, None, preset, T)
-        puts0 += puts1
-        puts0 += puts2
         stale0 += stale1
         stale0 += stale2
-        return new, puts0, stale0
+        return new, [*_pairs(pulse, 0, puts0), *_pairs(pulse, _HELPER_IB, puts1), *_pairs(pulse, 1 << 31, puts2)], stale0
 
     def prune(self, keep_from: int) -> int:
         """Drop every version older than pulse ``keep_from`` (its tree stays readable).
@@ -391,7 +391,8 @@ def _batch_update(txn, db, cache: dict, CD: int, pulse: int, keys: list[int], kv
     no prefix decoding (the leaf reached tells where an inserted key splits off, as in a
     crit-bit tree). ``build(lo, hi)`` makes a new subtree. Each touched node is read once
     (from ``cache`` when it is one of the top levels) and hashed once; new nodes get
-    ascending refs in creation order (children first), so ``puts`` is already sorted.
+    ascending refs in creation order (children first): the values go to ``vals`` and the
+    refs come from one C-level iterator, so the pairs (see :func:`_pairs`) are born sorted.
     Written as closures over locals: this is the ledger's hot path.
 
     Split across processes (see :class:`_Helper`): ``ib`` is added to every new node's
@@ -400,7 +401,7 @@ def _batch_update(txn, db, cache: dict, CD: int, pulse: int, keys: list[int], kv
     planned by :func:`_plan` with threshold ``T``) ranges of at most ``T`` items take
     their precomputed result, so only the top of the tree is done here.
     """
-    puts: list[tuple[bytes, bytes]] = []
+    puts: list[bytes] = []  # new node values; the i-th has index ib + i
     stale: list[bytes] = []
     put = puts.append
     sapp = stale.append
@@ -409,22 +410,22 @@ def _batch_update(txn, db, cache: dict, CD: int, pulse: int, keys: list[int], kv
     cpop = cache.pop
     h3 = blake3
     bl = bisect_left
-    mkref = _REF.pack
+    nref = map(_REF.pack, repeat(pulse), count(ib)).__next__
     NH = _NH
     LF = LEAF
 
     def node(d: int, left, right, prefix: bytes):
         head = NH[d] + left[0] + right[0]
-        ref = mkref(pulse, ib + len(puts))
+        ref = nref()
         v = head + left[1] + right[1] + prefix
-        put((ref, v))
+        put(v)
         if d < CD:
             cache[ref] = v
         return (h3(head).digest(), ref)
 
     def leaf(v: bytes):
-        ref = mkref(pulse, ib + len(puts))
-        put((ref, v))
+        ref = nref()
+        put(v)
         return (h3(LF + v).digest(), ref)
 
     def build(lo: int, hi: int):
@@ -495,8 +496,8 @@ def _batch_update(txn, db, cache: dict, CD: int, pulse: int, keys: list[int], kv
                 else:
                     h, r = pv[34:66], pv[74:82]
             else:
-                r = mkref(pulse, ib + len(puts))
-                put((r, nv))
+                r = nref()
+                put(nv)
                 h = h3(LF + nv).digest()
         else:
             if nv is None:
@@ -518,11 +519,9 @@ def _batch_update(txn, db, cache: dict, CD: int, pulse: int, keys: list[int], kv
                 h, r = node(j, sub, new, ((k >> (s + 1)) << (s + 1)).to_bytes(20, "big"))
             else:
                 h, r = node(j, new, sub, ((k >> (s + 1)) << (s + 1)).to_bytes(20, "big"))
-        for x in range(len(path) - 1, -1, -1):
-            pv = path[x]
+        stale.extend(refs)
+        for pv, o in zip(reversed(path), reversed(refs)):
             d = pv[1]
-            o = refs[x]
-            sapp(o)
             if (k >> (159 - d)) & 1:
                 head = pv[:34] + h
                 nv = head + pv[66:74] + r + pv[82:]
@@ -530,8 +529,8 @@ def _batch_update(txn, db, cache: dict, CD: int, pulse: int, keys: list[int], kv
                 head = pv[:2] + h + pv[34:66]
                 nv = head + r + pv[74:]
             h = h3(head).digest()
-            r = mkref(pulse, ib + len(puts))
-            put((r, nv))
+            r = nref()
+            put(nv)
             if d < CD:
                 cpop(o, None)
                 cache[r] = nv
@@ -597,6 +596,11 @@ def _batch_update(txn, db, cache: dict, CD: int, pulse: int, keys: list[int], kv
         return [update(link, lo, hi) for link, lo, hi in tasks], puts, stale
     new = update(base, 0, len(keys)) if keys else base
     return new, puts, stale
+
+
+def _pairs(pulse: int, ib: int, vals: list[bytes]):
+    """(ref, value) pairs of new node values numbered from ``ib``, for putmulti."""
+    return zip(map(_REF.pack, repeat(pulse), count(ib)), vals)
 
 
 def _plan(txn, db, cache: dict, keys: list[int], base, T: int) -> list:
