@@ -540,6 +540,8 @@ class Bench:
         q = sh_quote(d)
         dt, _ = run(f"ls -lR {q} > /dev/null", self.T)
         r["ls_lR_s"] = round(dt, 3)
+        dt, _ = run(f"ls -lR {q} > /dev/null", self.T)
+        r["ls_lR_warm_s"] = round(dt, 3)
         drop_caches()
         dt, _ = run(f"set -o pipefail; find {q} -type f -print0 | xargs -0 cat > /dev/null", self.T)
         r["cat_all_s"] = round(dt, 3)
@@ -722,6 +724,7 @@ class Bench:
             nat = anchor == "native"
             add("ls -lR s (cold)", mr.get("ls_lR_s"), anchor, a.get("ls_lR_s"),
                 *(("<= 2", le, 2.0) if nat else (None, None, None)))
+            add("ls -lR s (warm, info)", mr.get("ls_lR_warm_s"), anchor, a.get("ls_lR_warm_s"))
             add("cat all MiB/s (cold)", mr.get("cat_all_MiBps"), anchor, a.get("cat_all_MiBps"),
                 *((">= 0.9", ge, 0.9) if nat else (None, None, None)), fmt="{:.1f}")
             add("cat big MiB/s (cold)", mr.get("big_cold_MiBps"), anchor,
@@ -777,7 +780,7 @@ class Bench:
             "started": time.strftime("%Y-%m-%d %H:%M:%S"), "quick": self.quick,
             "host": platform.node(), "kernel": platform.release(), "cpus": os.cpu_count(),
             "python": sys.version.split()[0], "sections": sorted(only), "root": os.geteuid() == 0,
-            "versions": self._versions()})
+            "versions": self._versions(), "repo": self._repo_state()})
         if os.geteuid() != 0:
             self.R["notes"].append("not root: caches cannot be dropped, cold numbers are warm")
         tools = self.anchors()
@@ -807,8 +810,25 @@ class Bench:
                 print("note:", n)
             for e in self.R["errors"]:
                 print("ERROR:", e.splitlines()[0][:400])
+            repo = self.R["meta"].get("repo", {})
+            print(f"mimeifs at {repo.get('head', '?')[:12]}"
+                  + (f" + uncommitted {repo['mimeifs_dirty_files']}" if repo.get("mimeifs_dirty_files") else "")
+                  + f"; 1-min load average at the steps: "
+                  + ", ".join(f"{v:.1f}" for v in self.R["meta"].get("loadavg_1min_at_step", {}).values()))
             print(f"wall time {self.R['meta']['wall_s']:.0f} s; results in {out}")
         return 1 if self.R["errors"] else 0
+
+    @staticmethod
+    def _repo_state() -> dict:
+        """Which mimeifs code was measured (the checkout is shared and changes)."""
+        try:
+            head = subprocess.run(["git", "-C", REPO, "rev-parse", "HEAD"], capture_output=True,
+                                  text=True, timeout=30).stdout.strip()
+            dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--", "mimeifs"],
+                                   capture_output=True, text=True, timeout=30).stdout.split("\n")
+            return {"head": head, "mimeifs_dirty_files": [d[3:] for d in dirty if d.strip()]}
+        except (OSError, subprocess.TimeoutExpired):
+            return {}
 
     def _versions(self) -> dict:
         v = {}
