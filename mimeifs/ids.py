@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 from typing import Any
 
@@ -60,14 +61,18 @@ def mimei_id(author_id: str, app_type: str, mimei_type: str, mark: str) -> str:
     return blake3.blake3(b"mimei-id\0" + b"".join(_field(p) for p in parts)).digest()[:ID_BYTES].hex()
 
 
+_ID_RE = re.compile(r"[0-9a-f]{%d}" % (2 * ID_BYTES))
+_HASH_RE = re.compile(r"[0-9a-f]{%d}" % (2 * HASH_BYTES))
+
+
 def is_id(s: str) -> bool:
     """True if ``s`` is a well-formed 160-bit ID (40 lowercase hex characters)."""
-    return isinstance(s, str) and len(s) == 2 * ID_BYTES and all(c in "0123456789abcdef" for c in s)
+    return isinstance(s, str) and _ID_RE.fullmatch(s) is not None
 
 
 def is_hash(s: str) -> bool:
     """True if ``s`` is a well-formed content hash (64 lowercase hex characters)."""
-    return isinstance(s, str) and len(s) == 2 * HASH_BYTES and all(c in "0123456789abcdef" for c in s)
+    return isinstance(s, str) and _HASH_RE.fullmatch(s) is not None
 
 
 def canonical(obj: Any) -> bytes:

@@ -100,7 +100,7 @@ class Controller:
             self.results.pop(next(iter(self.results)))
         self.results[token] = json.dumps(ans).encode()
         if ans["ok"] and op != "ping":
-            await self.ops.invalidate_all()
+            await self.ops.invalidate_all(req.get("id"), removed=op == "rm")
 
     def result(self, name: bytes, ctx) -> bytes:
         self._allowed(ctx)

@@ -50,10 +50,9 @@ MM, NAME, MAC, SHARED, CTRL = 2, 3, 4, 5, 6
 CTRL_NAME = b".__mimeifs_ctrl__"
 FIXED_DIRS = {b"mm": MM, b"name": NAME, b"mac": MAC, b"shared": SHARED}
 
-LONG = 86400.0    # immutable: versions, Mac files, fixed dirs
+LONG = 86400.0    # versions, Mac files, fixed dirs; per-MiMei nodes (invalidated on change)
 CUR = 1.0         # cur: short, plus explicit invalidation after whole-MiMei commands
-SHORT = 1.0       # per-MiMei virtual dirs
-NONE = 0.0        # last / release / .info / v/: change on backup and release
+SHORT = 1.0       # name/<mark> links (marks come and go with create and rm)
 
 _VIRT = 1 << 62
 _MASK = (1 << 62) - 1
@@ -212,12 +211,15 @@ class Operations(pyfuse3.Operations):
         k = v.kind
         if k == "ver":
             return self._entry_attr(ino, v.entry)
+        # last, release, v/, .info change only through the daemon's own commands, which
+        # invalidate them (invalidate_mimei): the kernel may keep them long
         if k in ("mimei", "vdir", "refs"):
-            return self._base_attr(ino, stat.S_IFDIR | 0o755, 4096, 2, timeout=NONE if k == "vdir" else SHORT)
+            return self._base_attr(ino, stat.S_IFDIR | 0o755, 4096, 2, timeout=LONG)
         if k in ("last", "release", "ref", "namelink"):
-            return self._base_attr(ino, stat.S_IFLNK | 0o777, len(v.target), 1, timeout=NONE)
+            return self._base_attr(ino, stat.S_IFLNK | 0o777, len(v.target), 1,
+                                   timeout=SHORT if k == "namelink" else LONG)
         if k == "info":
-            return self._base_attr(ino, stat.S_IFREG | 0o444, len(v.data), 1, timeout=NONE)
+            return self._base_attr(ino, stat.S_IFREG | 0o444, len(v.data), 1, timeout=LONG)
         if k == "mac":
             return self._base_attr(ino, stat.S_IFREG | 0o444, v.entry.size, 1, timeout=LONG)
         raise _err(errno.ENOENT)
@@ -614,7 +616,9 @@ class Operations(pyfuse3.Operations):
         return self.wt.write(fh, off, buf)
 
     async def flush(self, fh):
-        pass
+        # Nothing to do at close (every write is already committed); ENOSYS tells the
+        # kernel to stop sending FLUSH, one round trip fewer per close(2).
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
     @handler
     async def fsync(self, fh, datasync):
@@ -653,6 +657,10 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def getxattr(self, inode, name, ctx):
+        if name.startswith(b"system.") or (inode >= _VIRT and name.startswith(b"security.")):
+            # ls -l asks for these on every file; none is ever stored (setxattr refuses
+            # system.*, versions carry no security.*): answer without any lookup
+            raise _err(errno.ENODATA)
         if inode == CTRL and self.ctrl is not None:
             return self.ctrl.result(name, ctx)
         if inode >= _VIRT or inode <= CTRL:
@@ -713,14 +721,32 @@ class Operations(pyfuse3.Operations):
         return r
 
     # ------------------------------------------------------------------ invalidation
-    async def invalidate_all(self) -> None:
-        """Drop the kernel's cached attributes and data of every cur inode it holds."""
+    async def invalidate_all(self, mimei: str | None = None, removed: bool = False) -> None:
+        """Drop what the kernel caches of cur inodes and of a MiMei's changing nodes.
+
+        After a whole-MiMei command: every cur inode the kernel holds, the MiMei's
+        ``last``, ``release``, ``v/``, ``.info`` (attributes and directory entries), and
+        with ``removed`` its entry in ``mm/``. Runs in a worker thread: pyfuse3's
+        invalidation must not run on the request loop.
+        """
         inos = [i for i in list(self.lookups) if CTRL < i < _VIRT]
+        entries = []
+        if mimei:
+            mdir = vino("mimei", mimei)
+            inos += [vino(k, mimei) for k in ("last", "release", "vdir", "info", "refs", "mimei")]
+            entries += [(mdir, n) for n in (b"last", b"release", b".info", b"v")]
+            if removed:
+                entries.append((MM, mimei.encode()))
 
         def run():
             for i in inos:
                 try:
                     pyfuse3.invalidate_inode(i, attr_only=False)
+                except (OSError, pyfuse3.FUSEError):
+                    pass
+            for parent, name in entries:
+                try:
+                    pyfuse3.invalidate_entry(parent, name)
                 except (OSError, pyfuse3.FUSEError):
                     pass
         await trio.to_thread.run_sync(run)
