@@ -82,12 +82,13 @@ def _whole(ctx, op: str, **args):
         raise _fail(str(x)) from None
 
 
-def _invalidate(ctx) -> None:
+def _invalidate(ctx, mimei: str) -> None:
+    """Tell a running daemon that ``mimei`` changed behind the kernel's back."""
     from .fuse.control import DaemonError, call
     mnt = _daemon(ctx)
     if mnt:
         try:
-            call(mnt, "invalidate")
+            call(mnt, "invalidate", id=mimei)
         except (OSError, DaemonError):
             pass
 
@@ -241,7 +242,7 @@ def import_(ctx, src, spec, delete, do_backup, memo):
         click.echo(f"warning: {err}", err=True)
     click.echo(f"imported {st['files']} files ({_human(st['bytes_read'])}), skipped {st['skipped']} unchanged, "
                f"removed {st['removed']}, stored {_human(st['new_bytes'])} new, in {dt:.1f} s")
-    _invalidate(ctx)
+    _invalidate(ctx, mid)
     if do_backup:
         rec = _whole(ctx, "backup", id=mid, memo=memo)
         click.echo(f"{rec['n']} {rec['root']}")

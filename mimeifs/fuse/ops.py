@@ -16,8 +16,8 @@
 Inode numbers: cur inodes are the engine's persistent ones (stable across remounts);
 every other node's number is derived from what it names (blake3 of a tag, the MiMei ID,
 version and path), so it is stable across remounts too. Versions never change: they get
-day-long entry/attribute timeouts and ``keep_cache``; cur gets 1 s, and the daemon
-invalidates the kernel's caches after a whole-MiMei command.
+day-long entry/attribute timeouts and ``keep_cache``; cur gets 30 s, and the daemon
+invalidates the kernel's caches after every whole-MiMei command and import.
 
 Thin by design: every handler maps to one engine call. Errors are errno values; an
 unexpected exception is logged and answered with EIO, never a dead daemon.
@@ -51,7 +51,7 @@ CTRL_NAME = b".__mimeifs_ctrl__"
 FIXED_DIRS = {b"mm": MM, b"name": NAME, b"mac": MAC, b"shared": SHARED}
 
 LONG = 86400.0    # versions, Mac files, fixed dirs; per-MiMei nodes (invalidated on change)
-CUR = 1.0         # cur: short, plus explicit invalidation after whole-MiMei commands
+CUR = 30.0        # cur: changes from outside the daemon (CLI import, restore) invalidate it
 SHORT = 1.0       # name/<mark> links (marks come and go with create and rm)
 
 _VIRT = 1 << 62
@@ -734,7 +734,9 @@ class Operations(pyfuse3.Operations):
         if mimei:
             mdir = vino("mimei", mimei)
             inos += [vino(k, mimei) for k in ("last", "release", "vdir", "info", "refs", "mimei")]
-            entries += [(mdir, n) for n in (b"last", b"release", b".info", b"v")]
+            # the "cur" dentry: d_invalidate drops every cached name below it (restore and
+            # import --delete remove names the kernel may still hold)
+            entries += [(mdir, n) for n in (b"last", b"release", b".info", b"v", b"cur")]
             if removed:
                 entries.append((MM, mimei.encode()))
 
