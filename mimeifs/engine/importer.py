@@ -14,6 +14,8 @@ lacks are removed (``rsync --delete``).
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import errno
 import os
 import stat
@@ -49,6 +51,18 @@ def prepare_small(path: str) -> tuple[bytes, int, list[tuple[bytes, bytes, int]]
         data = f.read()
     h = blake3.blake3(data).digest()
     return h, len(data), [(*blocks.encode_chunk(c), len(c)) for c in blocks.cut(data)]
+
+
+def prepare_batch(paths: list[str]) -> list:
+    """:func:`prepare_small` for each path (in a worker process); an unreadable file
+    gives its error message (str) in its place."""
+    out = []
+    for p in paths:
+        try:
+            out.append(prepare_small(p))
+        except OSError as e:
+            out.append(e.strerror or str(e))
+    return out
 
 
 def store_manifest_and_chunks(txn, store, h: bytes, size: int, enc) -> int:
@@ -92,7 +106,23 @@ def _user_xattrs(path: str) -> list[tuple[bytes, bytes]]:
 
 
 class Importer:
-    """One import run. ``progress(nbytes)`` is called as file bytes are consumed."""
+    """One import run. ``progress(nbytes)`` is called as file bytes are consumed.
+
+    The walk queues small files in batches; workers read, hash, cut and compress them
+    while this thread drains finished batches in order and does only LMDB work. Worker
+    threads serialize on the GIL (measured: 15.3 s CPU in 14.8 s wall for 43k files),
+    so once a tree proves big (:data:`PROCESSES_AFTER` small files) the batches go to
+    a pool of worker processes, one per core. They are forked: they only read files
+    and compress, never touch the inherited LMDB handle, and multiprocessing ends them
+    with ``os._exit`` (no finalizer closes the environment); "spawn" would re-import the
+    caller's ``__main__``, which breaks scripts without a main guard.
+    Files over :data:`SMALL` are streamed here, their chunks encoded in threads.
+    """
+
+    PROCESSES_AFTER = 512
+    BATCH_FILES = 64
+    BATCH_BYTES = 8 << 20
+    MAX_INFLIGHT = 8
 
     def __init__(self, engine, delete: bool = False, progress: Callable[[int], None] | None = None,
                  batch_bytes: int = 64 << 20, batch_seconds: float = 1.0):
@@ -107,6 +137,11 @@ class Importer:
         self._t0 = 0.0
         self.stats = {"files": 0, "skipped": 0, "dirs": 0, "bytes_read": 0, "new_bytes": 0,
                       "removed": 0, "errors": []}
+        self._batch: list = []
+        self._batch_size = 0
+        self._inflight: collections.deque = collections.deque()
+        self._queued = 0
+        self._procs: concurrent.futures.ProcessPoolExecutor | None = None
 
     # -- transactions -----------------------------------------------------------------
     def _txn(self):
@@ -134,16 +169,22 @@ class Importer:
                 if not stat.S_ISDIR(st.st_mode):
                     raise fserr(errno.ENOTDIR, f"{src}: an fs MiMei imports a directory")
                 self._sync_dir(src, root_ino)
+                self._submit()
+                self._drain(0)
             else:
                 if not stat.S_ISREG(st.st_mode):
                     raise fserr(errno.EISDIR, f"{src}: a file MiMei imports a regular file")
-                self._store_files([(src, st, root_ino, None, None)])
+                self._store_one((src, st, root_ino, None, None), None)
             self._maybe_commit(force=True)
         except BaseException:
             if self.txn is not None:
                 self.txn.abort()
                 self.txn = None
             raise
+        finally:
+            if self._procs is not None:
+                self._procs.shutdown(wait=True, cancel_futures=True)
+                self._procs = None
         self.store.sync()
         return self.stats
 
@@ -197,8 +238,8 @@ class Importer:
                     wt.link_entry(txn, ino, name, node)
                     wt.dirty_up(txn, node.ino)
                 self._set_attrs(txn, wt.get(txn, node.ino), st)
-        if pending:
-            self._store_files(pending)
+        for item in pending:
+            self._queue(item)
         txn = self._txn()
         if self.delete and existing:
             for name, cino in existing.items():
@@ -219,59 +260,82 @@ class Importer:
             self.wt.save(txn, node)
             self.wt.dirty_up(txn, node.ino)
 
-    def _store_files(self, pending) -> None:
-        """Store queued regular files: small ones prepared in the worker pool."""
-        wt = self.wt
-        small = [p for p in pending if p[1].st_size <= SMALL]
-        large = [p for p in pending if p[1].st_size > SMALL]
-        pool = blocks.pool()
-        futs = [pool.submit(prepare_small, p[0]) for p in small]
-        results = []
-        for p, f in zip(small, futs):
+    # -- the file pipeline ----------------------------------------------------------------
+    def _queue(self, item) -> None:
+        """Queue one file (path, stat, existing inode or None, parent inode, name)."""
+        if item[1].st_size > SMALL:
+            self._store_one(item, None)
+            return
+        self._batch.append(item)
+        self._batch_size += item[1].st_size
+        if len(self._batch) >= self.BATCH_FILES or self._batch_size >= self.BATCH_BYTES:
+            self._submit()
+
+    def _submit(self) -> None:
+        if not self._batch:
+            return
+        items, self._batch, self._batch_size = self._batch, [], 0
+        self._queued += len(items)
+        if self._procs is None and self._queued >= self.PROCESSES_AFTER:
+            import multiprocessing
+            self._procs = concurrent.futures.ProcessPoolExecutor(
+                max_workers=os.cpu_count() or 2, mp_context=multiprocessing.get_context("fork"))
+        ex = self._procs or blocks.pool()
+        self._inflight.append((ex.submit(prepare_batch, [i[0] for i in items]), items))
+        self._drain(self.MAX_INFLIGHT)
+
+    def _drain(self, keep: int) -> None:
+        """Store finished batches, oldest first, until at most ``keep`` are in flight."""
+        while len(self._inflight) > keep:
+            fut, items = self._inflight.popleft()
             try:
-                results.append((p, f.result()))
-            except OSError as e:
-                self.stats["errors"].append(f"{p[0]}: {e.strerror}")
-        for p in large:
-            try:
-                results.append((p, None))
-            except OSError as e:  # pragma: no cover
-                self.stats["errors"].append(f"{p[0]}: {e.strerror}")
-        for (path, st, cino, parent, name), prepared in results:
-            txn = self._txn()
-            try:
-                if prepared is None:
-                    h, size, added = store_os_file(txn, self.store, path)
+                results = fut.result()
+            except Exception:  # a worker died (e.g. killed): do the batch here
+                results = prepare_batch([i[0] for i in items])
+            for item, r in zip(items, results):
+                if isinstance(r, str):
+                    self.stats["errors"].append(f"{item[0]}: {r}")
                 else:
-                    h, size, enc = prepared
-                    added = store_manifest_and_chunks(txn, self.store, h, size, enc)
-            except OSError as e:
-                self.stats["errors"].append(f"{path}: {e.strerror}")
-                continue
-            if cino is None:
-                node = wt.new_inode(txn, wt.get(txn, parent).mimei, st.st_mode, st.st_uid, st.st_gid)
-                wt.link_entry(txn, parent, name, node)
+                    self._store_one(item, r)
+
+    def _store_one(self, item, prepared) -> None:
+        """Store one file's content and make or update its cur inode."""
+        wt = self.wt
+        path, st, cino, parent, name = item
+        txn = self._txn()
+        try:
+            if prepared is None:
+                h, size, added = store_os_file(txn, self.store, path)
             else:
-                node = wt.get(txn, cino)
-                wt.drop_data(txn, node.ino)
-            node = wt.get(txn, node.ino)
-            node.size = node.aux = size
-            node.base = node.frozen = h
-            node.mode = stat.S_IFREG | stat.S_IMODE(st.st_mode)
-            node.uid, node.gid, node.mtime_ns = st.st_uid, st.st_gid, st.st_mtime_ns
-            xs = _user_xattrs(path)
-            if xs:
-                for k, v in xs:
-                    txn.put(ikey(node.ino) + k, v, db=wt.d_xattrs)
-                node.flags |= 1
-            wt.save(txn, node)
-            wt.dirty_up(txn, node.ino)
-            self.stats["files"] += 1
-            self.stats["bytes_read"] += size
-            self.stats["new_bytes"] += added
-            self._since += size
-            self.progress(size)
-            self._maybe_commit()
+                h, size, enc = prepared
+                added = store_manifest_and_chunks(txn, self.store, h, size, enc)
+        except OSError as e:
+            self.stats["errors"].append(f"{path}: {e.strerror}")
+            return
+        if cino is None:
+            node = wt.new_inode(txn, wt.get(txn, parent).mimei, st.st_mode, st.st_uid, st.st_gid)
+            wt.link_entry(txn, parent, name, node)
+        else:
+            node = wt.get(txn, cino)
+            wt.drop_data(txn, node.ino)
+        node = wt.get(txn, node.ino)
+        node.size = node.aux = size
+        node.base = node.frozen = h
+        node.mode = stat.S_IFREG | stat.S_IMODE(st.st_mode)
+        node.uid, node.gid, node.mtime_ns = st.st_uid, st.st_gid, st.st_mtime_ns
+        xs = _user_xattrs(path)
+        if xs:
+            for k, v in xs:
+                txn.put(ikey(node.ino) + k, v, db=wt.d_xattrs)
+            node.flags |= 1
+        wt.save(txn, node)
+        wt.dirty_up(txn, node.ino)
+        self.stats["files"] += 1
+        self.stats["bytes_read"] += size
+        self.stats["new_bytes"] += added
+        self._since += size
+        self.progress(size)
+        self._maybe_commit()
 
 
 def scan_size(src: str) -> tuple[int, int]:
