@@ -369,12 +369,14 @@ class Bench:
         src_from = os.path.abspath(self.a.src)
         for m in mounts_under(self.work):
             fuse_unmount(m)
+        marker = os.path.join(self.work, ".mimeifs-bench")
         if os.path.exists(self.work):
             if mounts_under(self.work):
                 raise SystemExit(f"cannot unmount {mounts_under(self.work)}")
             shutil.rmtree(self.work)
         os.makedirs(self.stores)
         os.makedirs(self.mnts)
+        open(marker, "w").close()
         t0 = time.perf_counter()
         if self.quick:
             files = walk_files(src_from)
@@ -741,7 +743,7 @@ class Bench:
         scale = self.n_small / 10000        # s3ql's 10k-file times, scaled in --quick
         s3ql = {k: (v if k.endswith("MiBps") else v * scale) for k, v in S3QL.items()}
         s3ql_name = "s3ql 6.3 ref" + (f" x{scale:g}" if scale != 1 else "")
-        for key, line, higher in lines:
+        for key, line, higher in (lines if C else []):
             if self.quick:
                 line = line.replace("10k", f"{self.n_small // 1000}k")
             for anchor, src in (("passthrough", C.get("passthrough", {})), (s3ql_name, s3ql)):
@@ -772,6 +774,10 @@ class Bench:
     # ---- main
     def main(self) -> int:
         t_start = time.time()
+        marker = os.path.join(self.work, ".mimeifs-bench")
+        if os.path.isdir(self.work) and os.listdir(self.work) and not os.path.exists(marker):
+            raise SystemExit(f"--work {self.work} is not empty and was not made by this "
+                             f"benchmark (no {marker}): refusing to wipe it")
         only = set(self.a.only.split(",")) if self.a.only else {"backup", "read", "cur"}
         bad = only - {"backup", "read", "cur"}
         if bad:
