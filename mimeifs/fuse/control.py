@@ -56,7 +56,8 @@ class Controller:
     def _run(self, op: str, a: dict):
         e = self.e
         if op == "ping":
-            return {"pid": os.getpid(), "store": e.store.path}
+            return {"pid": os.getpid(), "store": e.store.path,
+                    "vnodes": len(self.ops.vnodes), "lookups": len(self.ops.lookups)}
         if op == "backup":
             rec = e.backup(a["id"], a.get("memo", ""))
             return rec

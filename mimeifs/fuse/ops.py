@@ -149,7 +149,12 @@ class Operations(pyfuse3.Operations):
                 self.lookups[ino] = left
                 continue
             self.lookups.pop(ino, None)
-            if ino < _VIRT and ino > CTRL and not self.opens.get(ino):
+            if ino >= _VIRT:
+                # the kernel forgets a node only after all its children: drop ours too,
+                # or walking big versions would grow this map for the daemon's life
+                if not self.opens.get(ino):
+                    self.vnodes.pop(ino, None)
+            elif ino > CTRL and not self.opens.get(ino):
                 try:
                     self.wt.forget(ino)
                 except Exception:
@@ -580,6 +585,7 @@ class Operations(pyfuse3.Operations):
                 raise _err(errno.EISDIR if v.entry.is_dir else errno.EINVAL)
             if v.kind not in ("ver", "mac", "info"):
                 raise _err(errno.EISDIR)
+            self.opens[inode] = self.opens.get(inode, 0) + 1
             if v.kind == "info":
                 v.data = self._info_bytes(v.mimei)
                 return pyfuse3.FileInfo(fh=inode, direct_io=True)
@@ -625,6 +631,13 @@ class Operations(pyfuse3.Operations):
         self.e.store.sync()
 
     async def release(self, fh):
+        if fh >= _VIRT:
+            left = self.opens.get(fh, 0) - 1
+            if left > 0:
+                self.opens[fh] = left
+            else:
+                self.opens.pop(fh, None)
+            return
         if fh < _VIRT and fh > CTRL:
             left = self.opens.get(fh, 0) - 1
             if left > 0:

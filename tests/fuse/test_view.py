@@ -184,3 +184,26 @@ def test_version_dir_nlink_counts_subdirs(mimei):
     assert os.stat(cur / "p").st_nlink == 5
     assert os.stat(m.v(mid, n) / "p").st_nlink == os.stat(cur / "p").st_nlink
     assert os.stat(m.v(mid, n)).st_nlink == os.stat(cur).st_nlink
+
+
+def test_daemon_forgets_version_nodes_the_kernel_forgot(fresh_mfs):
+    """Walking a big version must not grow the daemon's node table for ever: once the
+    kernel drops its dentries and inodes (drop_caches), the daemon drops them too."""
+    from mimeifs.fuse.control import call
+    m = fresh_mfs
+    mid = m.create("walk")
+    cur = m.cur(mid)
+    for d in range(20):
+        (cur / f"d{d}").mkdir()
+        for i in range(50):
+            (cur / f"d{d}" / f"f{i}").write_text(str(i))
+    n = m.backup(mid)
+    listed = sum(len(files) + len(dirs) for _r, dirs, files in os.walk(m.v(mid, n)))
+    assert listed == 20 * 51
+    walked = call(str(m.mnt), "ping")["vnodes"]
+    assert walked >= listed
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("2\n")  # dentries and inodes: the kernel sends FORGET for them
+    wait_for(lambda: call(str(m.mnt), "ping")["vnodes"] < listed // 10, 30, "vnodes to be forgotten")
+    # and the version still reads back afterwards
+    assert (m.v(mid, n) / "d3" / "f7").read_text() == "7"
