@@ -819,7 +819,7 @@ class Bench:
             repo = self.R["meta"].get("repo", {})
             print(f"mimeifs at {repo.get('head', '?')[:12]}"
                   + (f" + uncommitted {repo['mimeifs_dirty_files']}" if repo.get("mimeifs_dirty_files") else "")
-                  + f"; 1-min load average at the steps: "
+                  + "; 1-min load average at the steps: "
                   + ", ".join(f"{v:.1f}" for v in self.R["meta"].get("loadavg_1min_at_step", {}).values()))
             print(f"wall time {self.R['meta']['wall_s']:.0f} s; results in {out}")
         return 1 if self.R["errors"] else 0

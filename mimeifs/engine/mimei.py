@@ -33,7 +33,7 @@ from .. import ids
 from . import backup as bk
 from . import blocks, objects
 from .db import Store, scan_prefix
-from .worktree import ROOT_PARENT, Worktree, fserr, ikey
+from .worktree import ROOT_PARENT, Worktree
 
 MIMEI_TYPES = ("fs", "file", "db")
 _N = struct.Struct(">I")

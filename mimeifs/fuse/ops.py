@@ -232,7 +232,7 @@ class Operations(pyfuse3.Operations):
     def _fixed_attr(self, ino: int) -> pyfuse3.EntryAttributes:
         if ino == CTRL:
             return self._base_attr(CTRL, stat.S_IFREG | 0o600, 0, 1, timeout=LONG, uid=self.mount_uid)
-        return self._base_attr(ino, stat.S_IFDIR | 0o755, 4096, 2, timeout=LONG if ino != ROOT else LONG)
+        return self._base_attr(ino, stat.S_IFDIR | 0o755, 4096, 2, timeout=LONG)
 
     def _register(self, ino: int, v: VNode) -> int:
         self.vnodes[ino] = v

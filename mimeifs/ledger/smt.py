@@ -54,11 +54,11 @@ import sys
 import threading
 from bisect import bisect_left
 from itertools import count, repeat
-from typing import Iterable, Iterator
+from typing import Iterator
 
 from blake3 import blake3
 
-from .proof import EMPTY_HASH, LEAF, NODE, Proof
+from .proof import EMPTY_HASH, LEAF, Proof
 
 KEY_BITS = 160
 KEY_BYTES = 20

@@ -7,11 +7,10 @@ import hashlib
 import os
 import stat
 import subprocess
-import sys
 
 import pytest
 
-from .conftest import CHILD_PYTHON, as_user, wait_for
+from .conftest import CHILD_PYTHON, as_user
 
 OTHER_UID = 1000
 OTHER_GID = 1000

@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import stat
 import subprocess
 
 import blake3
-import pytest
 
 from .conftest import CHILD_PYTHON, as_user, wait_for
 

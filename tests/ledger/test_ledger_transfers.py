@@ -1,6 +1,5 @@
 """Accounts, admission, rewards, transfers and pulses (seed 002 Part II §III, §VI, §VII)."""
 
-import random
 
 import pytest
 from hypothesis import HealthCheck, given, settings
