@@ -54,30 +54,17 @@ def _daemon(ctx) -> str | None:
 def _whole(ctx, op: str, **args):
     """Run a whole-MiMei command in the daemon if mounted, else on the store."""
     from .engine.mimei import MiMeiError
-    from .fuse.control import DaemonError, call
+    from .fuse.control import DaemonError, call, run_op
     mnt = _daemon(ctx)
     try:
         if mnt:
             return call(mnt, op, **args)
-        e = _engine(ctx)
-        if op == "backup":
-            bar = _progress(None, "backup")
-            try:
-                return e.backup(args["id"], args.get("memo", ""), bar.update if bar else None)
-            finally:
-                if bar:
-                    bar.close()
-        if op == "release":
-            return e.release(args["id"], args.get("n"))
-        if op == "restore":
-            e.restore(args["id"], args["n"])
-            return {}
-        if op == "fork":
-            return {"id": e.fork(args["id"], args.get("n"), args["mark"])}
-        if op == "rm":
-            e.rm(args["id"])
-            return {}
-        raise AssertionError(op)
+        bar = _progress(None, op) if op == "backup" else None
+        try:
+            return run_op(_engine(ctx), op, args, bar.update if bar else None)
+        finally:
+            if bar:
+                bar.close()
     except (MiMeiError, DaemonError) as x:
         raise _fail(str(x)) from None
 

@@ -41,6 +41,26 @@ class DaemonError(Exception):
         self.errno = code
 
 
+def run_op(engine, op: str, a: dict, progress=None):
+    """Run a whole-MiMei command (backup, release, restore, fork, rm) on ``engine``.
+
+    The one dispatch both doors use: the daemon for a command from its control file,
+    the CLI on the store when nothing is mounted. Raises MiMeiError, KeyError."""
+    if op == "backup":
+        return engine.backup(a["id"], a.get("memo", ""), progress)
+    if op == "release":
+        return engine.release(a["id"], a.get("n"))
+    if op == "restore":
+        engine.restore(a["id"], int(a["n"]))
+        return {"id": a["id"], "n": int(a["n"])}
+    if op == "fork":
+        return {"id": engine.fork(a["id"], a.get("n"), a["mark"])}
+    if op == "rm":
+        engine.rm(a["id"])
+        return {"id": a["id"]}
+    raise MiMeiError(errno.EINVAL, f"unknown control op {op!r}")
+
+
 class Controller:
     """Daemon side: runs commands for the CLI. ``ops`` is the mounted Operations."""
 
@@ -58,22 +78,9 @@ class Controller:
         if op == "ping":
             return {"pid": os.getpid(), "store": e.store.path,
                     "vnodes": len(self.ops.vnodes), "lookups": len(self.ops.lookups)}
-        if op == "backup":
-            rec = e.backup(a["id"], a.get("memo", ""))
-            return rec
-        if op == "release":
-            return e.release(a["id"], a.get("n"))
-        if op == "restore":
-            e.restore(a["id"], int(a["n"]))
-            return {"id": a["id"], "n": int(a["n"])}
-        if op == "fork":
-            return {"id": e.fork(a["id"], a.get("n"), a["mark"])}
-        if op == "rm":
-            e.rm(a["id"])
-            return {"id": a["id"]}
         if op == "invalidate":
             return {}
-        raise MiMeiError(errno.EINVAL, f"unknown control op {op!r}")
+        return run_op(e, op, a)
 
     async def command(self, name: bytes, value: bytes, ctx) -> None:
         self._allowed(ctx)
