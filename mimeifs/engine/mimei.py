@@ -145,6 +145,12 @@ class Engine:
         with self.store.read() as txn:
             return {bytes(k).decode(): bytes(v).hex() for k, v in txn.cursor(db=self.d_names)}
 
+    def mark_id(self, mark: str) -> str | None:
+        """The ID of this node's own MiMei with ``mark`` (``name/<mark>``), or None."""
+        with self.store.read() as txn:
+            raw = txn.get(mark.encode(), db=self.d_names)
+        return None if raw is None else bytes(raw).hex()
+
     def resolve(self, spec: str) -> str:
         """A MiMei ID from an ID, a mark of this node's own MiMei, or a path in a mount.
 
@@ -152,10 +158,9 @@ class Engine:
         """
         if ids.is_id(spec) and self.exists(spec):
             return spec
-        with self.store.read() as txn:
-            raw = txn.get(spec.encode(), db=self.d_names)
-        if raw is not None:
-            return bytes(raw).hex()
+        mid = self.mark_id(spec)
+        if mid is not None:
+            return mid
         if os.path.exists(spec):
             try:
                 v = os.getxattr(spec, "user.mimei.id")

@@ -282,8 +282,10 @@ class Operations(pyfuse3.Operations):
             return self._mimei_node(mid)
         if parent == NAME:
             try:
-                mid = self.e.names()[name.decode()]
-            except (KeyError, UnicodeDecodeError):
+                mid = self.e.mark_id(name.decode())
+            except UnicodeDecodeError:
+                mid = None
+            if mid is None:
                 raise _err(errno.ENOENT)
             return self._register(vino("namelink", name), VNode("namelink", mid,
                                                                target=b"../mm/" + mid.encode()))
