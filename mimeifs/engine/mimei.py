@@ -379,8 +379,9 @@ class Engine:
             if n is None:
                 raise MiMeiError(errno.ENOENT, f"{mimei} has no version to fork")
         src = self.version(mimei, n)
-        new_id = ids.mimei_id(self.node_id, info["app_type"], info["mimei_type"],
-                              "auto-" + secrets.token_hex(8) if mark == "auto" else mark)
+        if mark == "auto":  # drawn once: the check below and create() must see one mark
+            mark = "auto-" + secrets.token_hex(8)
+        new_id = ids.mimei_id(self.node_id, info["app_type"], info["mimei_type"], mark)
         if self.exists(new_id):
             raise MiMeiError(errno.EEXIST, f"a MiMei with mark {mark!r} exists: {new_id}")
         new_id = self.create(info["mimei_type"], mark, info["app_type"], info["ext"])

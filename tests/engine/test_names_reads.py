@@ -40,3 +40,14 @@ def test_read_of_a_corrupted_raw_chunk_is_an_error_not_wrong_bytes(fs):
     e.wt.chunks = e.chunks
     with pytest.raises(blocks.CorruptBlock):
         e.read_content(entry.hash, 0, 4096)
+
+
+def test_fork_with_auto_mark_gets_the_id_its_mark_names(fs):
+    e, mid, root = fs
+    mkfile(e, root, b"f", b"x")
+    e.backup(mid)
+    new = e.fork(mid, 0, "auto")
+    info = e.info(new)
+    assert info["mark"].startswith("auto-")
+    assert e.mark_id(info["mark"]) == new        # the mark drawn is the one the ID hashes
+    assert e.fork(mid, 0, "auto") != new          # and a second fork draws a fresh one
