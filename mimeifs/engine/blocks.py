@@ -20,7 +20,7 @@ import collections
 import concurrent.futures
 import os
 import threading
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import blake3
 import zstandard
@@ -173,14 +173,3 @@ def load_chunk(txn, db, h: bytes, length: int, cache: ChunkCache | None = None,
     if cache is not None:
         cache.put(h, data)
     return data
-
-
-def iter_file_chunks(path: str, size_hint: int = -1) -> Iterator[memoryview]:
-    """Content-defined chunks of an OS file; small files are read whole."""
-    with open(path, "rb") as f:
-        if 0 <= size_hint <= 8 << 20:
-            data = f.read()
-            yield from cut(data)
-            return
-        for c in chunker().cut_stream(f):
-            yield bytes(c.data)

@@ -210,7 +210,3 @@ class Store:
             raise
         else:
             txn.commit()
-
-    def shares_dir(self) -> str:
-        """Directory holding this store's ``.mmfs`` share files."""
-        return os.path.join(self.path, "shares")

@@ -27,7 +27,6 @@ import stat
 import struct
 import threading
 import time
-from dataclasses import dataclass
 
 from .. import ids
 from . import backup as bk
@@ -59,14 +58,6 @@ def _id20(mimei: str) -> bytes:
     if not ids.is_id(mimei):
         raise MiMeiError(errno.ENOENT, f"not a MiMei ID: {mimei!r}")
     return bytes.fromhex(mimei)
-
-
-@dataclass
-class VersionNode:
-    """What a path inside a version names: an entry of its Merkle DAG."""
-    mimei: str
-    n: int
-    entry: objects.Entry
 
 
 class Engine:

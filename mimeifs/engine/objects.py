@@ -233,5 +233,3 @@ class ObjectCache:
         """The decoded manifest ``h``. Raises :class:`blocks.CorruptBlock` if missing/bad."""
         return self._load(b"M", txn, db, h, lambda h, raw: Manifest.decode(h, bytes(raw)))
 
-
-EMPTY_HASH = blake3.blake3(b"").digest()

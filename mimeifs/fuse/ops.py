@@ -633,24 +633,18 @@ class Operations(pyfuse3.Operations):
         self.e.store.sync()
 
     async def release(self, fh):
-        if fh >= _VIRT:
-            left = self.opens.get(fh, 0) - 1
-            if left > 0:
-                self.opens[fh] = left
-            else:
-                self.opens.pop(fh, None)
+        if fh == CTRL:
             return
-        if fh < _VIRT and fh > CTRL:
-            left = self.opens.get(fh, 0) - 1
-            if left > 0:
-                self.opens[fh] = left
-            else:
-                self.opens.pop(fh, None)
-                if not self.lookups.get(fh):
-                    try:
-                        self.wt.forget(fh)
-                    except Exception:
-                        log.exception("release %d", fh)
+        left = self.opens.get(fh, 0) - 1
+        if left > 0:
+            self.opens[fh] = left
+            return
+        self.opens.pop(fh, None)
+        if fh < _VIRT and not self.lookups.get(fh):  # a cur orphan may now be freed
+            try:
+                self.wt.forget(fh)
+            except Exception:
+                log.exception("release %d", fh)
 
     # ------------------------------------------------------------------ xattrs
     def _synth_xattrs(self, ino: int) -> dict[bytes, bytes]:
