@@ -57,6 +57,7 @@ SHORT = 1.0       # name/<mark> links (marks come and go with create and rm)
 _VIRT = 1 << 62
 _MASK = (1 << 62) - 1
 _MIMEI_XATTRS = (b"user.mimei.id", b"user.mimei.version", b"user.mimei.hash")
+_SELINUX = b"security.selinux"
 
 
 def vino(*parts) -> int:
@@ -666,10 +667,14 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def getxattr(self, inode, name, ctx):
-        if name.startswith(b"system.") or (inode >= _VIRT and name.startswith(b"security.")):
-            # ls -l asks for these on every file; none is ever stored (setxattr refuses
-            # system.*, versions carry no security.*): answer without any lookup
-            raise _err(errno.ENODATA)
+        if name.startswith(b"system.") or name == _SELINUX:
+            # POSIX ACLs and SELinux labels are not kept (setxattr refuses them). Saying
+            # ENOTSUP, not ENODATA, matters: GNU ls -l then stops asking for them on this
+            # st_dev (coreutils ls.c getfilecon_cache / file_has_acl_cache), which spares
+            # two daemon round trips per listed file.
+            raise _err(errno.EOPNOTSUPP)
+        if inode >= _VIRT and name.startswith(b"security."):
+            raise _err(errno.ENODATA)  # versions carry no security.*: no lookup needed
         if inode == CTRL and self.ctrl is not None:
             return self.ctrl.result(name, ctx)
         if inode >= _VIRT or inode <= CTRL:
@@ -702,8 +707,9 @@ class Operations(pyfuse3.Operations):
             raise _err(errno.EROFS)
         if name in _MIMEI_XATTRS:
             return  # synthesized names: copying them in (rsync -X, tar --xattrs) is a no-op
-        if name.startswith(b"system."):
-            # POSIX ACLs are not kept: refusing them makes cp -a / tar fall back to chmod
+        if name.startswith(b"system.") or name == _SELINUX:
+            # POSIX ACLs and SELinux labels are not kept: refusing them makes cp -a / tar
+            # fall back to chmod
             raise _err(errno.EOPNOTSUPP)
         self.wt.setxattr(inode, name, value)
 

@@ -354,6 +354,29 @@ def test_xattrs(mimei):
     assert out.stdout == b"yes"
 
 
+def test_acl_and_selinux_are_unsupported_not_absent(mimei):
+    """ACLs and SELinux labels answer ENOTSUP (not ENODATA) in cur and in versions, so
+    GNU ls -l caches "unsupported on this st_dev" instead of asking for every file."""
+    m, mid, cur = mimei
+    (cur / "f").write_text("x")
+    (cur / "d").mkdir()
+    m.run("backup", mid)
+    for p in (cur / "f", cur / "d", m.mnt / "mm" / mid / "v" / "0" / "f"):
+        for name in ("system.posix_acl_access", "system.posix_acl_default", "security.selinux"):
+            with pytest.raises(OSError) as ei:
+                os.getxattr(p, name)
+            assert ei.value.errno == errno.EOPNOTSUPP, (p, name)
+    with pytest.raises(OSError) as ei:
+        os.setxattr(cur / "f", "security.selinux", b"system_u:object_r:tmp_t:s0")
+    assert ei.value.errno == errno.EOPNOTSUPP
+    # other security.* names are kept as usual
+    os.setxattr(cur / "f", "security.mimeifs-test", b"1")
+    assert os.getxattr(cur / "f", "security.mimeifs-test") == b"1"
+    # and ls -l still lists everything, with no ACL marker
+    out = subprocess.run(["ls", "-l", str(cur)], capture_output=True, text=True, check=True)
+    assert "-rw" in out.stdout and "+" not in out.stdout.split("\n")[1][:11]
+
+
 def test_open_then_unlinked_stays_readable(mimei):
     m, mid, cur = mimei
     data = os.urandom(200_000)
