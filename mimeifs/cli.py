@@ -46,7 +46,7 @@ def _resolve(ctx, spec: str) -> str:
 
 
 def _daemon(ctx) -> str | None:
-    from .fuse.mount import mount_info
+    from .fuse.ctl import mount_info
     info = mount_info(ctx.obj["store_path"])
     return info["mountpoint"] if info else None
 
@@ -54,7 +54,7 @@ def _daemon(ctx) -> str | None:
 def _whole(ctx, op: str, **args):
     """Run a whole-MiMei command in the daemon if mounted, else on the store."""
     from .engine.mimei import MiMeiError
-    from .fuse.control import DaemonError, call, run_op
+    from .fuse.ctl import DaemonError, call, run_op
     mnt = _daemon(ctx)
     try:
         if mnt:
@@ -71,7 +71,7 @@ def _whole(ctx, op: str, **args):
 
 def _invalidate(ctx, mimei: str) -> None:
     """Tell a running daemon that ``mimei`` changed behind the kernel's back."""
-    from .fuse.control import DaemonError, call
+    from .fuse.ctl import DaemonError, call
     mnt = _daemon(ctx)
     if mnt:
         try:
@@ -183,7 +183,7 @@ def mount(ctx, mountpoint, foreground, allow_other, debug):
 @click.argument("mountpoint", type=click.Path())
 def umount(mountpoint):
     """Unmount MOUNTPOINT and wait for the daemon to finish."""
-    from .fuse.control import call
+    from .fuse.ctl import call
     from .fuse.mount import MountError, umount as do_umount
     pid = None
     try:

@@ -263,6 +263,8 @@ class Bench:
             "GIT_CONFIG_NOSYSTEM": "1",
             "LC_ALL": "C",
         })
+        # what users run with: Python writes and reuses bytecode caches
+        self.env.pop("PYTHONDONTWRITEBYTECODE", None)
 
     # ---- infrastructure
     def _fuse_python(self) -> str:
@@ -436,9 +438,8 @@ class Bench:
             mid = self._hexid(out, "create")
             self.state["mimeifs_id"] = mid
             self.R["meta"]["mimeifs_id"] = mid
-            t0 = time.perf_counter()
-            self.mm(st, "import", self.src, mid)
-            _, out = self.mm(st, "backup", mid, "-m", "first", capture=True)
+            t0 = time.perf_counter()  # one command, as a user backs up a directory
+            _, out = self.mm(st, "import", self.src, mid, "--backup", "-m", "first", capture=True)
             dt = time.perf_counter() - t0
             self.state["mimeifs_v_first"] = self._version_n(out)
         r["first_s"] = round(dt, 2)
@@ -461,8 +462,8 @@ class Bench:
         elif tool == "mimeifs":
             mid = self.state["mimeifs_id"]
             t0 = time.perf_counter()
-            self.mm(st, "import", self.src, mid, "--delete")
-            _, out = self.mm(st, "backup", mid, "-m", "second", capture=True)
+            _, out = self.mm(st, "import", self.src, mid, "--delete", "--backup", "-m", "second",
+                             capture=True)
             dt = time.perf_counter() - t0
             self.state["mimeifs_v_second"] = self._version_n(out)
             self.R["meta"]["mimeifs_v_second"] = self.state["mimeifs_v_second"]

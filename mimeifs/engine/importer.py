@@ -26,7 +26,7 @@ import blake3
 
 from . import blocks, objects
 from .objects import Manifest
-from .worktree import ZERO32, Inode, Worktree, fserr, ikey
+from .worktree import ZERO32, Inode, Worktree, fserr, ikey, raw_mode, same_attrs, unchanged_file
 
 SMALL = 8 << 20
 
@@ -168,7 +168,7 @@ class Importer:
             if root.is_dir:
                 if not stat.S_ISDIR(st.st_mode):
                     raise fserr(errno.ENOTDIR, f"{src}: an fs MiMei imports a directory")
-                self._sync_dir(src, root_ino)
+                self._sync_dir(os.fsencode(src), root_ino)
                 self._submit()
                 self._drain(0)
             else:
@@ -189,27 +189,38 @@ class Importer:
         return self.stats
 
     # -- the walk ---------------------------------------------------------------------
-    def _sync_dir(self, path: str, ino: int) -> None:
+    def _sync_dir(self, path: bytes, ino: int) -> None:
+        """Make cur directory ``ino`` mirror OS directory ``path`` (bytes: names are
+        bytes in cur, and scandir on bytes skips a decode and encode per entry)."""
         wt = self.wt
         try:
             with os.scandir(path) as it:
-                des = sorted(it, key=lambda d: d.name)
+                des = list(it)  # unsorted: order only decides new inode numbers
         except OSError as e:
-            self.stats["errors"].append(f"{path}: {e.strerror}")
+            self.stats["errors"].append(f"{os.fsdecode(path)}: {e.strerror}")
             return
         txn = self._txn()
         existing = dict(wt.list_dir(txn, ino))
         pending = []
         subdirs = []
         for de in des:
-            name = os.fsencode(de.name)
+            name = de.name
             try:
                 st = de.stat(follow_symlinks=False)
             except OSError as e:
-                self.stats["errors"].append(f"{de.path}: {e.strerror}")
+                self.stats["errors"].append(f"{os.fsdecode(de.path)}: {e.strerror}")
                 continue
             txn = self._txn()
             cino = existing.pop(name, None)
+            if cino is not None:
+                # the common cases of a re-import, decided on the raw inode bytes
+                raw = txn.get(ikey(cino), db=wt.d_inodes)
+                if unchanged_file(raw, st):
+                    self.stats["skipped"] += 1
+                    continue
+                if raw is not None and stat.S_ISDIR(st.st_mode) and stat.S_ISDIR(raw_mode(raw)):
+                    subdirs.append((de.path, cino, st))
+                    continue
             node = wt.get(txn, cino) if cino is not None else None
             if node is not None and stat.S_IFMT(node.mode) != stat.S_IFMT(st.st_mode):
                 wt.remove_tree(txn, ino, name, node, self.e.is_open)
@@ -228,7 +239,7 @@ class Importer:
                     continue
                 pending.append((de.path, st, node.ino if node else None, ino, name))
             else:
-                target = os.fsencode(os.readlink(de.path)) if stat.S_ISLNK(st.st_mode) else b""
+                target = os.readlink(de.path) if stat.S_ISLNK(st.st_mode) else b""
                 if node is not None and (node.target != target or node.rdev != st.st_rdev):
                     wt.remove_tree(txn, ino, name, node, self.e.is_open)
                     node = None
@@ -250,7 +261,10 @@ class Importer:
         for p, cino, st in subdirs:
             self.stats["dirs"] += 1
             self._sync_dir(p, cino)
-            self._set_attrs(self._txn(), wt.get(self._txn(), cino), st)
+            txn = self._txn()
+            raw = txn.get(ikey(cino), db=wt.d_inodes)
+            if not same_attrs(raw, st):
+                self._set_attrs(txn, Inode.unpack(cino, raw), st)
 
     def _set_attrs(self, txn, node: Inode, st: os.stat_result) -> None:
         """Copy mode, owner and mtime from the source; dirty the parents if any changed."""
@@ -294,7 +308,7 @@ class Importer:
                 results = prepare_batch([i[0] for i in items])
             for item, r in zip(items, results):
                 if isinstance(r, str):
-                    self.stats["errors"].append(f"{item[0]}: {r}")
+                    self.stats["errors"].append(f"{os.fsdecode(item[0])}: {r}")
                 else:
                     self._store_one(item, r)
 
@@ -310,7 +324,7 @@ class Importer:
                 h, size, enc = prepared
                 added = store_manifest_and_chunks(txn, self.store, h, size, enc)
         except OSError as e:
-            self.stats["errors"].append(f"{path}: {e.strerror}")
+            self.stats["errors"].append(f"{os.fsdecode(path)}: {e.strerror}")
             return
         if cino is None:
             node = wt.new_inode(txn, wt.get(txn, parent).mimei, st.st_mode, st.st_uid, st.st_gid)

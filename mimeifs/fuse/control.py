@@ -19,46 +19,14 @@ import errno
 import json
 import logging
 import os
-import secrets
 
 import pyfuse3
 import trio
 
 from ..engine.mimei import MiMeiError
+from .ctl import CMD, RESULT, run_op
 
 log = logging.getLogger("mimeifs.control")
-
-CTRL_FILE = ".__mimeifs_ctrl__"
-CMD = b"user.mimeifs.cmd"
-RESULT = b"user.mimeifs.result."
-
-
-class DaemonError(Exception):
-    """A command the daemon refused; ``errno`` says why."""
-
-    def __init__(self, code: int, msg: str):
-        super().__init__(msg)
-        self.errno = code
-
-
-def run_op(engine, op: str, a: dict, progress=None):
-    """Run a whole-MiMei command (backup, release, restore, fork, rm) on ``engine``.
-
-    The one dispatch both doors use: the daemon for a command from its control file,
-    the CLI on the store when nothing is mounted. Raises MiMeiError, KeyError."""
-    if op == "backup":
-        return engine.backup(a["id"], a.get("memo", ""), progress)
-    if op == "release":
-        return engine.release(a["id"], a.get("n"))
-    if op == "restore":
-        engine.restore(a["id"], int(a["n"]))
-        return {"id": a["id"], "n": int(a["n"])}
-    if op == "fork":
-        return {"id": engine.fork(a["id"], a.get("n"), a["mark"])}
-    if op == "rm":
-        engine.rm(a["id"])
-        return {"id": a["id"]}
-    raise MiMeiError(errno.EINVAL, f"unknown control op {op!r}")
 
 
 class Controller:
@@ -118,17 +86,3 @@ class Controller:
         if v is None:
             raise pyfuse3.FUSEError(errno.ENODATA)
         return v
-
-
-def call(mountpoint: str, op: str, **args):
-    """Client side: run ``op`` in the daemon mounted at ``mountpoint``; returns its result.
-
-    Raises :class:`DaemonError` with the daemon's errno and message.
-    """
-    ctrl = os.path.join(mountpoint, CTRL_FILE)
-    token = secrets.token_hex(8)
-    os.setxattr(ctrl, CMD.decode(), json.dumps(dict(args, op=op, token=token)).encode())
-    ans = json.loads(os.getxattr(ctrl, (RESULT + token.encode()).decode()))
-    if not ans["ok"]:
-        raise DaemonError(ans["errno"], ans["error"])
-    return ans["result"]

@@ -24,6 +24,7 @@ import trio
 from ..engine.db import Store
 from ..engine.mimei import Engine
 from .control import Controller
+from .ctl import mount_info
 from .ops import Operations
 
 log = logging.getLogger("mimeifs.mount")
@@ -33,19 +34,6 @@ SYNC_EVERY = 5.0
 
 class MountError(Exception):
     """The filesystem could not be mounted; the message says why."""
-
-
-def mount_info(store_path: str) -> dict | None:
-    """``{"pid", "mountpoint"}`` of the daemon serving this store, or None."""
-    try:
-        with open(os.path.join(store_path, "mount.json")) as f:
-            info = json.load(f)
-        os.kill(info["pid"], 0)
-    except (OSError, ValueError, KeyError):
-        return None
-    if not os.path.ismount(info["mountpoint"]):
-        return None
-    return info
 
 
 def clear_stale(mountpoint: str) -> None:

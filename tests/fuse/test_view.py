@@ -187,7 +187,7 @@ def test_version_dir_nlink_counts_subdirs(mimei):
 def test_daemon_forgets_version_nodes_the_kernel_forgot(fresh_mfs):
     """Walking a big version must not grow the daemon's node table for ever: once the
     kernel drops its dentries and inodes (drop_caches), the daemon drops them too."""
-    from mimeifs.fuse.control import call
+    from mimeifs.fuse.ctl import call
     m = fresh_mfs
     mid = m.create("walk")
     cur = m.cur(mid)
