@@ -15,7 +15,7 @@ import stat
 
 import blake3
 
-from . import blocks, objects
+from . import blocks, objects, packs
 from .objects import Entry, Manifest
 from .worktree import ZERO32, Inode, Worktree, ikey
 
@@ -41,30 +41,10 @@ class _NodeReader:
 
 
 def chunk_and_store(txn, store, pieces) -> tuple[list[bytes], list[int], int]:
-    """Encode chunk views in the worker pool and store new ones.
-
-    Returns (chunk hashes, lengths, bytes newly stored). Works in batches of 64 so
-    memory stays bounded for files of several GiB.
-    """
-    d_blocks = store.db("blocks")
-    hashes, lengths, added = [], [], 0
-    batch = []
-
-    def flush():
-        nonlocal added
-        enc = blocks.encode_many(batch)
-        added += blocks.put_chunks(txn, d_blocks, enc)
-        hashes.extend(h for h, _, _ in enc)
-        lengths.extend(n for _, _, n in enc)
-        batch.clear()
-
-    for c in pieces:
-        batch.append(c)
-        if len(batch) >= 64:
-            flush()
-    if batch:
-        flush()
-    return hashes, lengths, added
+    """Hash chunk buffers in the worker pool, pack the new ones (compressed in the pool,
+    :mod:`packs`) and store them. Returns (chunk hashes, lengths, bytes newly stored).
+    Memory stays bounded for files of several GiB."""
+    return packs.store_chunks(txn, store.db("blocks"), pieces)
 
 
 def materialize(txn, wt: Worktree, node: Inode) -> tuple[bytes, int]:

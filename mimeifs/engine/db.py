@@ -34,7 +34,7 @@ FORMAT_VERSION = b"1"
 #: Engine sub-databases: name -> what a record holds (see each module's docstring).
 ENGINE_DBS = {
     "meta": "counters and format version",
-    "blocks": "chunk blake3 (32) -> codec byte + chunk bytes",
+    "blocks": "chunk blake3 (32) -> codec 0/1 + chunk bytes or 2 + pack ref; b\"P\" + pack id (33) -> codec + pack (blocks.py)",
     "manifests": "file content hash (32) -> encoded manifest (objects.Manifest)",
     "trees": "tree hash (32) -> codec byte + encoded tree (objects.encode_tree)",
     "mimei": "MiMei ID (20) -> signed MiMei info (JSON)",

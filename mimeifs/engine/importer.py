@@ -24,7 +24,7 @@ from typing import Callable
 
 import blake3
 
-from . import blocks, objects
+from . import blocks, objects, packs
 from .objects import Manifest
 from .worktree import ZERO32, Inode, Worktree, fserr, ikey, raw_mode, same_attrs, unchanged_file
 
@@ -42,48 +42,65 @@ class _HashingReader:
         return n
 
 
-def prepare_small(path: str) -> tuple[bytes, int, list[tuple[bytes, bytes, int]]]:
-    """Read, hash, cut and encode a file of at most :data:`SMALL` bytes (worker thread).
+def prepare_small(path: str, writer: packs.PackWriter) -> tuple[bytes, int, list]:
+    """Read, hash and cut a file of at most :data:`SMALL` bytes and add its chunks to
+    ``writer`` (which compresses each pack as it fills; in a worker process).
 
-    Returns (content hash, size, [(chunk hash, stored value, length)]).
+    Returns (content hash, size, [(chunk hash, length, pack index, offset)]).
+    Raises OSError if the file cannot be read.
     """
     with open(path, "rb") as f:
         data = f.read()
     h = blake3.blake3(data).digest()
-    return h, len(data), [(*blocks.encode_chunk(c), len(c)) for c in blocks.cut(data)]
+    refs = []
+    for c in blocks.cut(data):
+        ch = blake3.blake3(c).digest()
+        refs.append((ch, len(c), *writer.add(ch, c)))
+    return h, len(data), refs
 
 
-def prepare_batch(paths: list[str]) -> list:
-    """:func:`prepare_small` for each path (in a worker process); an unreadable file
-    gives its error message (str) in its place."""
+def prepare_batch(paths: list[str]) -> tuple[list, list]:
+    """:func:`prepare_small` for each path into shared packs (in a worker process).
+
+    Returns (results, packs): per path (content hash, size, refs) or, for an unreadable
+    file, its error message (str); packs = [(pack id, stored value, raw length)], the
+    batch's chunks (each once) grouped in file order.
+    """
+    writer = packs.PackWriter()
     out = []
     for p in paths:
         try:
-            out.append(prepare_small(p))
+            out.append(prepare_small(p, writer))
         except OSError as e:
             out.append(e.strerror or str(e))
-    return out
+    writer.flush()
+    return out, writer.packs
 
 
-def store_manifest_and_chunks(txn, store, h: bytes, size: int, enc) -> int:
-    """Put encoded chunks and the manifest; returns bytes newly stored."""
-    added = blocks.put_chunks(txn, store.db("blocks"), enc)
+def store_manifest_and_chunks(txn, store, h: bytes, size: int, refs: list,
+                              batch_packs: list, stored: set[int]) -> int:
+    """Index a prepared file's new chunks (storing the packs they need, once per
+    batch: ``stored`` holds the pack indices already put) and store its manifest.
+    Returns the stored bytes newly added."""
+    added = packs.put_refs(txn, store.db("blocks"), refs, batch_packs, stored)
     objects.store_manifest(txn, store.db("manifests"),
-                           Manifest(h, size, [e[0] for e in enc], [e[2] for e in enc]))
+                           Manifest(h, size, [r[0] for r in refs], [r[1] for r in refs]))
     return added
 
 
 def store_os_file(txn, store, path: str) -> tuple[bytes, int, int]:
-    """Store one OS file's content: (content hash, size, bytes newly stored)."""
+    """Store one OS file's content: (content hash, size, bytes newly stored).
+    Raises OSError if the file cannot be read."""
     size = os.stat(path).st_size
     if size <= SMALL:
-        h, size, enc = prepare_small(path)
-        return h, size, store_manifest_and_chunks(txn, store, h, size, enc)
-    from .backup import chunk_and_store
+        writer = packs.PackWriter()
+        h, size, refs = prepare_small(path, writer)
+        writer.flush()
+        return h, size, store_manifest_and_chunks(txn, store, h, size, refs, writer.packs, set())
     with open(path, "rb") as f:
         rd = _HashingReader(f)
         pieces = (bytes(c.data) for c in blocks.chunker().cut_stream(rd))
-        hashes, lengths, added = chunk_and_store(txn, store, pieces)
+        hashes, lengths, added = packs.store_chunks(txn, store.db("blocks"), pieces)
         h = rd.h.digest()
     size = sum(lengths)
     objects.store_manifest(txn, store.db("manifests"), Manifest(h, size, hashes, lengths))
@@ -303,14 +320,15 @@ class Importer:
         while len(self._inflight) > keep:
             fut, items = self._inflight.popleft()
             try:
-                results = fut.result()
+                results, batch_packs = fut.result()
             except Exception:  # a worker died (e.g. killed): do the batch here
-                results = prepare_batch([i[0] for i in items])
+                results, batch_packs = prepare_batch([i[0] for i in items])
+            stored: set[int] = set()  # packs of this batch already put
             for item, r in zip(items, results):
                 if isinstance(r, str):
                     self.stats["errors"].append(f"{os.fsdecode(item[0])}: {r}")
                 else:
-                    self._store_one(item, r)
+                    self._store_one(item, (*r, batch_packs, stored))
 
     def _store_one(self, item, prepared) -> None:
         """Store one file's content and make or update its cur inode."""
@@ -321,8 +339,8 @@ class Importer:
             if prepared is None:
                 h, size, added = store_os_file(txn, self.store, path)
             else:
-                h, size, enc = prepared
-                added = store_manifest_and_chunks(txn, self.store, h, size, enc)
+                h, size, refs, batch_packs, stored = prepared
+                added = store_manifest_and_chunks(txn, self.store, h, size, refs, batch_packs, stored)
         except OSError as e:
             self.stats["errors"].append(f"{os.fsdecode(path)}: {e.strerror}")
             return

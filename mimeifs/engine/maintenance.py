@@ -2,14 +2,17 @@
 
 check — every MiMei info and version record signature (ed25519), every tree (decodes,
 and its hash is blake3-derive-key of its encoding), every manifest (decodes, chunk
-lengths add up, the content's blake3 is its key), every chunk (decompresses, blake3
-matches), every cur inode's base manifest. Each object is checked once however many
+lengths add up, the content's blake3 is its key), every chunk (its pack decompresses and
+hashes to its id, the chunk's slice matches its blake3; old per-chunk values decompress
+and match), every cur inode's base manifest. Each object is checked once however many
 versions share it.
 
 gc — mark and sweep, as ``git gc`` and ``restic prune``: live = everything reachable from
-every version, every cur inode, every Mac file; the rest of ``blocks``, ``manifests``
-and ``trees`` is deleted. It runs in one write transaction, so no writer (an import, a
-mount) can add a reference half-way.
+every version, every cur inode, every Mac file; the rest of ``manifests``, ``trees`` and
+the chunk index is deleted, packs with no live chunk are deleted, and packs whose live
+bytes are under half of the pack are repacked (their live chunks written into new packs,
+as ``restic prune`` does; format in ``blocks``). It runs in one write transaction, so no
+writer (an import, a mount) can add a reference half-way.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Callable
 import blake3
 
 from .. import ids
-from . import blocks, objects
+from . import blocks, objects, packs
 from .worktree import ZERO32, Inode
 
 
@@ -31,8 +34,9 @@ def _walk_versions(txn, e, on_version):
 
 
 def check(engine, progress: Callable[[int], None] | None = None) -> dict:
-    """Verify the whole store. Returns ``{"problems": [str], "versions", "trees",
-    "manifests", "chunks", "bytes"}``; an empty ``problems`` list means clean."""
+    """Verify the whole store. Returns ``{"problems": [str], "versions", "mimei",
+    "trees", "manifests", "chunks", "packs", "bytes"}``; an empty ``problems`` list means
+    clean. A bad chunk's problem names the chunk hash (and its pack, if the pack is bad)."""
     e = engine
     progress = progress or (lambda n: None)
     problems: list[str] = []
@@ -40,9 +44,23 @@ def check(engine, progress: Callable[[int], None] | None = None) -> dict:
     seen_manifests: set[bytes] = set()
     seen_chunks: set[bytes] = set()
     bad_chunks: set[bytes] = set()
-    counts = {"versions": 0, "mimei": 0, "trees": 0, "manifests": 0, "chunks": 0, "bytes": 0}
+    pack_state: dict[bytes, str | None] = {}  # pack id -> None (good) or its problem
+    cache = blocks.ChunkCache(64 << 20)  # packs decompressed once, in walk order
+    counts = {"versions": 0, "mimei": 0, "trees": 0, "manifests": 0, "chunks": 0,
+              "packs": 0, "bytes": 0}
 
     with e.store.read() as txn:
+        def pack_ok(pid: bytes) -> str | None:
+            if pid not in pack_state:
+                try:
+                    cache.pack(pid, lambda: blocks.load_pack(txn, e.d_blocks, pid, verify=True))
+                except blocks.CorruptBlock as x:
+                    pack_state[pid] = str(x)
+                else:
+                    pack_state[pid] = None
+                    counts["packs"] += 1
+            return pack_state[pid]
+
         def chunk_ok(h: bytes, n: int) -> bool:
             if h in seen_chunks:
                 return h not in bad_chunks
@@ -53,15 +71,16 @@ def check(engine, progress: Callable[[int], None] | None = None) -> dict:
                 problem = "missing"
             else:
                 try:
-                    data = blocks.decode_chunk(raw, n)
+                    if raw[0:1] == bytes([blocks.PACKED]):
+                        pid, _off, _n = blocks.decode_ref(h, raw)
+                        problem = pack_ok(pid)
+                    if problem is None:
+                        data = blocks.load_chunk(txn, e.d_blocks, h, n, cache)
+                        counts["chunks"] += 1
+                        counts["bytes"] += len(data)
+                        progress(len(data))
                 except blocks.CorruptBlock as x:
                     problem = str(x)
-                else:
-                    counts["chunks"] += 1
-                    counts["bytes"] += len(data)
-                    progress(len(data))
-                    if len(data) != n or blake3.blake3(data).digest() != h:
-                        problem = "content does not match its hash"
             if problem:
                 bad_chunks.add(h)
                 problems.append(f"chunk {h.hex()}: {problem}")
@@ -88,7 +107,7 @@ def check(engine, progress: Callable[[int], None] | None = None) -> dict:
                 if not chunk_ok(ch, n):
                     good = False
                     continue
-                hasher.update(blocks.load_chunk(txn, e.d_blocks, ch, n))
+                hasher.update(blocks.load_chunk(txn, e.d_blocks, ch, n, cache))
             if good and hasher.digest() != h:
                 problems.append(f"{where}: file content does not match its hash {h.hex()}")
 
@@ -162,10 +181,12 @@ def check(engine, progress: Callable[[int], None] | None = None) -> dict:
 
 
 def gc(engine) -> dict:
-    """Free every chunk, manifest and tree no version, cur inode or Mac file uses.
+    """Free every chunk, manifest and tree no version, cur inode or Mac file uses;
+    delete packs with no live chunk and repack packs less than half live.
 
     Returns ``{"chunks_freed", "bytes_freed" (stored bytes), "manifests_freed",
-    "trees_freed", "chunks_kept"}``.
+    "trees_freed", "chunks_kept", "packs_freed", "packs_rewritten"}``. A pack that
+    cannot be read is left as it is (``check`` reports it).
     """
     e = engine
     with e.store.write() as txn:
@@ -208,19 +229,82 @@ def gc(engine) -> dict:
             if raw is not None:
                 live_chunks.update(objects.Manifest.decode(h, bytes(raw)).chunks)
 
-        out = {"chunks_freed": 0, "bytes_freed": 0, "manifests_freed": 0, "trees_freed": 0}
-        for db, live, key in ((e.d_blocks, live_chunks, "chunks_freed"),
-                              (e.d_manifests, live_manifests, "manifests_freed"),
+        out = {"chunks_freed": 0, "bytes_freed": 0, "manifests_freed": 0, "trees_freed": 0,
+               "packs_freed": 0, "packs_rewritten": 0}
+        for db, live, key in ((e.d_manifests, live_manifests, "manifests_freed"),
                               (e.d_trees, live_trees, "trees_freed")):
-            dead = []
-            for k, v in txn.cursor(db=db):
-                if bytes(k) not in live:
-                    dead.append(bytes(k))
-                    if key == "chunks_freed":
-                        out["bytes_freed"] += len(v)
+            dead = [bytes(k) for k in txn.cursor(db=db).iternext(values=False)
+                    if bytes(k) not in live]
             for k in dead:
                 txn.delete(k, db=db)
             out[key] = len(dead)
+
+        # the chunk index and the packs (one sub-database, see blocks)
+        dead = []
+        pack_size: dict[bytes, tuple[int, int]] = {}  # pack id -> (stored, raw) bytes
+        members: dict[bytes, list[tuple[bytes, int, int]]] = {}  # live chunks per pack
+        for k, v in txn.cursor(db=e.d_blocks):
+            k = bytes(k)
+            if blocks.is_pack_key(k):
+                pack_size[k[1:]] = (len(v), blocks.pack_raw_size(v))
+            elif k not in live_chunks:
+                dead.append(k)
+                if v[0:1] != bytes([blocks.PACKED]):
+                    out["bytes_freed"] += len(v)
+            elif v[0:1] == bytes([blocks.PACKED]):
+                try:
+                    pid, off, n = blocks.decode_ref(k, v)
+                except blocks.CorruptBlock:
+                    continue
+                members.setdefault(pid, []).append((k, off, n))
+        for k in dead:
+            txn.delete(k, db=e.d_blocks)
+        out["chunks_freed"] = len(dead)
+
+        writer = packs.PackWriter()
+        new_pids: set[bytes] = set()
+        old_pids: list[bytes] = []
+
+        def store_new() -> None:
+            for sealed, mem in zip(writer.packs, writer.members):
+                if sealed is not None:
+                    out["bytes_freed"] -= packs.put_pack(txn, e.d_blocks, sealed, mem,
+                                                         overwrite_refs=True)
+                    new_pids.add(sealed[0])
+            writer.packs[:] = [None] * len(writer.packs)
+
+        for pid, (stored, raw_size) in pack_size.items():
+            mem = members.get(pid)
+            if not mem:
+                old_pids.append(pid)
+                continue
+            if raw_size < 0 or 2 * sum(n for _, _, n in mem) >= raw_size:
+                continue
+            try:
+                data = blocks.load_pack(txn, e.d_blocks, pid)
+            except blocks.CorruptBlock:
+                continue
+            chunks = []
+            for h, off, n in sorted(mem, key=lambda m: m[1]):
+                c = data[off:off + n]
+                if len(c) != n or blake3.blake3(c).digest() != h:
+                    break  # a damaged pack stays for check to report
+                chunks.append((h, c))
+            else:
+                for h, c in chunks:
+                    writer.add(h, c)
+                old_pids.append(pid)
+                out["packs_rewritten"] += 1
+                store_new()
+        writer.flush()
+        store_new()
+        for pid in old_pids:
+            if pid in new_pids:
+                continue
+            txn.delete(blocks.pack_key(pid), db=e.d_blocks)
+            out["bytes_freed"] += pack_size[pid][0]
+            if pid not in members:
+                out["packs_freed"] += 1
         out["chunks_kept"] = len(live_chunks)
     e.store.sync()
     return out

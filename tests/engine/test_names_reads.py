@@ -33,9 +33,10 @@ def test_read_of_a_corrupted_raw_chunk_is_an_error_not_wrong_bytes(fs):
     h = e.manifest(entry.hash).chunks[0]
     d_blocks = e.store.db("blocks")
     with e.store.write() as txn:
-        raw = bytes(txn.get(h, db=d_blocks))
+        pid, _off, _n = blocks.decode_ref(h, txn.get(h, db=d_blocks))   # its pack
+        raw = bytes(txn.get(blocks.pack_key(pid), db=d_blocks))
         assert raw[0] == blocks.RAW
-        txn.put(h, raw[:1] + bytes(len(raw) - 1), db=d_blocks)   # same length, zeros
+        txn.put(blocks.pack_key(pid), raw[:1] + bytes(len(raw) - 1), db=d_blocks)  # zeros
     e.chunks = blocks.ChunkCache()           # nothing cached from before
     e.wt.chunks = e.chunks
     with pytest.raises(blocks.CorruptBlock):

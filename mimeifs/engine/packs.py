@@ -1,0 +1,162 @@
+"""Writing packs: group new chunks into packs and index them (format: ``blocks``).
+
+A pack is what restic calls one (https://restic.readthedocs.io/en/latest/100_references.html#pack-format):
+chunks taken in the order they are produced — a file's chunks, then the next file's —
+concatenated up to :data:`blocks.PACK_TARGET` uncompressed bytes, compressed as one zstd
+frame and stored once under ``b"P"`` + blake3 of the uncompressed bytes. Each chunk's
+index record in ``blocks`` points into it (:func:`blocks.encode_ref`).
+
+Two ways to fill packs:
+
+- :class:`PackWriter` where no store is at hand (the importer's worker processes): every
+  chunk goes in (a repeated one once); the writer thread later indexes only the chunks the
+  store lacks (:func:`put_refs`) and stores a pack only if one of its chunks is new. A pack
+  with some already-known chunks is stored whole; gc repacks it once it is mostly dead.
+- :func:`store_chunks` in the writer thread (big files, backups): chunks already indexed
+  are skipped before packing, packs are compressed in :func:`blocks.pool` threads, and
+  each is stored with its index records as it completes.
+
+Everything is put inside the caller's LMDB write transaction, so an index record is
+never committed without its pack.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import blake3
+
+from . import blocks
+
+#: A pack as sealed: (pack id 32 bytes, stored value, uncompressed length).
+Sealed = tuple[bytes, bytes, int]
+
+
+class PackWriter:
+    """Groups chunks, in the order added, into packs of about ``target`` bytes.
+
+    ``add(h, data)`` returns where the chunk lives: (pack index, offset). A chunk added
+    twice is kept once. ``seal(parts)`` turns a closed pack's chunk list into its sealed
+    form (default :func:`blocks.encode_pack`, or e.g. a future of it). After
+    :meth:`flush`, ``packs[i]`` is pack i's sealed form and ``members[i]`` its chunks as
+    [(chunk hash, offset, length)].
+    """
+
+    def __init__(self, seal: Callable[[list], object] = blocks.encode_pack,
+                 target: int | None = None):
+        self.seal = seal
+        self.target = blocks.PACK_TARGET if target is None else target
+        self.packs: list = []
+        self.members: list[list[tuple[bytes, int, int]]] = []
+        self._parts: list = []
+        self._cur: list[tuple[bytes, int, int]] = []
+        self._size = 0
+        self._where: dict[bytes, tuple[int, int]] = {}
+
+    def __contains__(self, h: bytes) -> bool:
+        return h in self._where
+
+    def add(self, h: bytes, data) -> tuple[int, int]:
+        """Put chunk ``h`` (bytes ``data``) in the open pack: (pack index, offset)."""
+        w = self._where.get(h)
+        if w is None:
+            w = self._where[h] = (len(self.packs), self._size)
+            self._parts.append(data)
+            self._cur.append((h, self._size, len(data)))
+            self._size += len(data)
+            if self._size >= self.target:
+                self.flush()
+        return w
+
+    def flush(self) -> None:
+        """Close the open pack (if it holds anything)."""
+        if self._parts:
+            self.packs.append(self.seal(self._parts))
+            self.members.append(self._cur)
+            self._parts, self._cur, self._size = [], [], 0
+
+
+def put_pack(txn, db, sealed: Sealed, members: Iterable[tuple[bytes, int, int]],
+             overwrite_refs: bool = False) -> int:
+    """Index ``members`` [(chunk hash, offset, length)] into pack ``sealed`` and store the
+    pack if any index record was new (or ``overwrite_refs``: gc's repack moves records).
+    Returns the stored bytes newly added (0 if the pack was known or not needed)."""
+    pid, value, _n = sealed
+    needed = False
+    for h, off, n in members:
+        if txn.put(h, blocks.encode_ref(pid, off, n), db=db, overwrite=overwrite_refs):
+            needed = True
+    if needed and txn.put(blocks.pack_key(pid), value, db=db, overwrite=False):
+        return len(value)
+    return 0
+
+
+def put_refs(txn, db, refs: Iterable[tuple[bytes, int, int, int]], packs: list[Sealed],
+             stored: set[int]) -> int:
+    """Index a file's chunks made by a :class:`PackWriter` elsewhere (a worker).
+
+    ``refs`` = [(chunk hash, length, pack index, offset)], ``packs`` = the writer's sealed
+    packs, ``stored`` = indices of the packs already put for this batch (updated). A chunk
+    the store already indexes is left as it is; a pack is stored the first time one of
+    its chunks is new. Returns the stored bytes newly added.
+    """
+    added = 0
+    for h, n, p, off in refs:
+        pid, value, _ = packs[p]
+        if txn.put(h, blocks.encode_ref(pid, off, n), db=db, overwrite=False) and p not in stored:
+            stored.add(p)
+            if txn.put(blocks.pack_key(pid), value, db=db, overwrite=False):
+                added += len(value)
+    return added
+
+
+def _digest(c) -> bytes:
+    return blake3.blake3(c).digest()
+
+
+def store_chunks(txn, db, pieces: Iterable, batch: int = 64,
+                 inflight: int | None = None) -> tuple[list[bytes], list[int], int]:
+    """Hash chunk buffers in the pool, pack the ones ``blocks`` (``db``) lacks, compress
+    the packs in the pool and store them with their index records in ``txn``.
+
+    ``pieces``: chunk buffers (bytes or memoryviews), in file order. Returns (chunk
+    hashes, lengths, stored bytes newly added). Memory stays bounded (``batch`` chunks
+    hashing, ``inflight`` packs compressing) for files of several GiB.
+    """
+    ex = blocks.pool()
+    inflight = inflight or 2 * ex._max_workers
+    writer = PackWriter(seal=lambda parts: ex.submit(blocks.encode_pack, parts))
+    hashes: list[bytes] = []
+    lengths: list[int] = []
+    added = 0
+    done = 0  # packs of writer stored so far
+
+    def store_ready(keep: int) -> None:
+        nonlocal added, done
+        while len(writer.packs) - done > keep or (
+                done < len(writer.packs) and writer.packs[done].done()):
+            added += put_pack(txn, db, writer.packs[done].result(), writer.members[done])
+            writer.packs[done] = writer.members[done] = None  # free the memory
+            done += 1
+
+    def flush(group: list) -> None:
+        digests = list(ex.map(_digest, group)) if len(group) > 1 else [_digest(c) for c in group]
+        for h, c in zip(digests, group):
+            hashes.append(h)
+            lengths.append(len(c))
+            if h not in writer and txn.get(h, db=db) is None:
+                writer.add(h, c)
+        store_ready(inflight)
+
+    group: list = []
+    for c in pieces:
+        group.append(c)
+        if len(group) >= batch:
+            flush(group)
+            group = []
+    if group:
+        flush(group)
+    writer.flush()
+    store_ready(0)
+    return hashes, lengths, added
+
