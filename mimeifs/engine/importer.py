@@ -19,6 +19,7 @@ import concurrent.futures
 import errno
 import os
 import stat
+import threading
 import time
 from typing import Callable
 
@@ -59,14 +60,34 @@ def prepare_small(path: str, writer: packs.PackWriter) -> tuple[bytes, int, list
     return h, len(data), refs
 
 
-def prepare_batch(paths: list[str]) -> tuple[list, list]:
+_packed = threading.local()
+_PACKED_MAX = 1 << 20
+
+
+def _packed_before(run: bytes | None) -> set[bytes] | None:
+    """Chunk hashes this worker (process or thread) packed in earlier batches of import
+    run ``run``, or None without a run."""
+    if run is None:
+        return None
+    if getattr(_packed, "run", None) != run or len(_packed.hashes) > _PACKED_MAX:
+        _packed.run, _packed.hashes = run, set()
+    return _packed.hashes
+
+
+def prepare_batch(paths: list[str], run: bytes | None = None) -> tuple[list, list]:
     """:func:`prepare_small` for each path into shared packs (in a worker process).
 
     Returns (results, packs): per path (content hash, size, refs) or, for an unreadable
     file, its error message (str); packs = [(pack id, stored value, raw length)], the
     batch's chunks (each once) grouped in file order.
+
+    With a ``run`` token, chunks this worker packed in an earlier batch of the same run
+    are not packed again (ref pack index :data:`packs.KNOWN`): a worker runs its batches
+    in submission order and the importer stores batches in that order, so those chunks
+    are in the store when this batch is stored (else the importer re-reads the file).
     """
-    writer = packs.PackWriter()
+    known = _packed_before(run)
+    writer = packs.PackWriter(known=known)
     out = []
     for p in paths:
         try:
@@ -74,6 +95,8 @@ def prepare_batch(paths: list[str]) -> tuple[list, list]:
         except OSError as e:
             out.append(e.strerror or str(e))
     writer.flush()
+    if known is not None:
+        known.update(h for mem in writer.members for h, _, _ in mem)
     return out, writer.packs
 
 
@@ -302,8 +325,16 @@ class Importer:
         if len(self._batch) >= self.BATCH_FILES or self._batch_size >= self.BATCH_BYTES:
             self._submit()
 
-    def _submit(self) -> None:
+    def _submit(self, force: bool = False) -> None:
+        """Send the queued small files to a worker as one batch. A batch of small
+        files is held back (unless ``force``) until it fills a pack
+        (:data:`blocks.PACK_TARGET` bytes) or reaches 8 x :data:`BATCH_FILES` files:
+        each batch's last pack is cut short, so tiny batches mean small packs that
+        compress worse. :meth:`_drain` with ``keep=0`` (the end of a run) forces it."""
         if not self._batch:
+            return
+        if (not force and self._batch_size < blocks.PACK_TARGET
+                and len(self._batch) < 8 * self.BATCH_FILES):
             return
         items, self._batch, self._batch_size = self._batch, [], 0
         self._queued += len(items)
@@ -312,11 +343,15 @@ class Importer:
             self._procs = concurrent.futures.ProcessPoolExecutor(
                 max_workers=os.cpu_count() or 2, mp_context=multiprocessing.get_context("fork"))
         ex = self._procs or blocks.pool()
-        self._inflight.append((ex.submit(prepare_batch, [i[0] for i in items]), items))
+        run = self.__dict__.setdefault("_run_token", os.urandom(16))
+        self._inflight.append((ex.submit(prepare_batch, [i[0] for i in items], run), items))
         self._drain(self.MAX_INFLIGHT)
 
     def _drain(self, keep: int) -> None:
-        """Store finished batches, oldest first, until at most ``keep`` are in flight."""
+        """Store finished batches, oldest first, until at most ``keep`` are in flight
+        (``keep=0`` first submits a batch :meth:`_submit` held back)."""
+        if keep == 0 and self._batch:
+            self._submit(force=True)
         while len(self._inflight) > keep:
             fut, items = self._inflight.popleft()
             try:
@@ -340,7 +375,11 @@ class Importer:
                 h, size, added = store_os_file(txn, self.store, path)
             else:
                 h, size, refs, batch_packs, stored = prepared
-                added = store_manifest_and_chunks(txn, self.store, h, size, refs, batch_packs, stored)
+                try:
+                    added = store_manifest_and_chunks(txn, self.store, h, size, refs,
+                                                      batch_packs, stored)
+                except packs.MissingChunk:  # a worker's earlier batch did not land
+                    h, size, added = store_os_file(txn, self.store, path)
         except OSError as e:
             self.stats["errors"].append(f"{os.fsdecode(path)}: {e.strerror}")
             return

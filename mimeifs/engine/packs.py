@@ -28,6 +28,9 @@ import blake3
 
 from . import blocks
 
+#: Pack index of a chunk a :class:`PackWriter` left out as already stored.
+KNOWN = -1
+
 #: A pack as sealed: (pack id 32 bytes, stored value, uncompressed length).
 Sealed = tuple[bytes, bytes, int]
 
@@ -36,15 +39,17 @@ class PackWriter:
     """Groups chunks, in the order added, into packs of about ``target`` bytes.
 
     ``add(h, data)`` returns where the chunk lives: (pack index, offset). A chunk added
-    twice is kept once. ``seal(parts)`` turns a closed pack's chunk list into its sealed
+    twice is kept once; a chunk in ``known`` (chunks the store will hold by the time
+    these packs are indexed) is not packed and gives (:data:`KNOWN`, 0). ``seal(parts)`` turns a closed pack's chunk list into its sealed
     form (default :func:`blocks.encode_pack`, or e.g. a future of it). After
     :meth:`flush`, ``packs[i]`` is pack i's sealed form and ``members[i]`` its chunks as
     [(chunk hash, offset, length)].
     """
 
     def __init__(self, seal: Callable[[list], object] = blocks.encode_pack,
-                 target: int | None = None):
+                 target: int | None = None, known: set[bytes] | None = None):
         self.seal = seal
+        self.known = known
         self.target = blocks.PACK_TARGET if target is None else target
         self.packs: list = []
         self.members: list[list[tuple[bytes, int, int]]] = []
@@ -60,6 +65,8 @@ class PackWriter:
         """Put chunk ``h`` (bytes ``data``) in the open pack: (pack index, offset)."""
         w = self._where.get(h)
         if w is None:
+            if self.known is not None and h in self.known:
+                return KNOWN, 0
             w = self._where[h] = (len(self.packs), self._size)
             self._parts.append(data)
             self._cur.append((h, self._size, len(data)))
@@ -91,17 +98,29 @@ def put_pack(txn, db, sealed: Sealed, members: Iterable[tuple[bytes, int, int]],
     return 0
 
 
-def put_refs(txn, db, refs: Iterable[tuple[bytes, int, int, int]], packs: list[Sealed],
+class MissingChunk(Exception):
+    """A chunk a worker took as already stored is not in the store (its earlier batch
+    failed, or the store changed): the caller stores the file again from its source."""
+
+
+def put_refs(txn, db, refs: list[tuple[bytes, int, int, int]], packs: list[Sealed],
              stored: set[int]) -> int:
     """Index a file's chunks made by a :class:`PackWriter` elsewhere (a worker).
 
-    ``refs`` = [(chunk hash, length, pack index, offset)], ``packs`` = the writer's sealed
-    packs, ``stored`` = indices of the packs already put for this batch (updated). A chunk
-    the store already indexes is left as it is; a pack is stored the first time one of
-    its chunks is new. Returns the stored bytes newly added.
+    ``refs`` = [(chunk hash, length, pack index or :data:`KNOWN`, offset)], ``packs`` =
+    the writer's sealed packs, ``stored`` = indices of the packs already put for this
+    batch (updated). A chunk the store already indexes is left as it is; a pack is
+    stored the first time one of its chunks is new. Returns the stored bytes newly
+    added. Raises :class:`MissingChunk` (before writing anything) if a ``KNOWN`` chunk
+    is not in the store.
     """
+    for h, _n, p, _off in refs:
+        if p == KNOWN and txn.get(h, db=db) is None:
+            raise MissingChunk(h.hex())
     added = 0
     for h, n, p, off in refs:
+        if p == KNOWN:
+            continue
         pid, value, _ = packs[p]
         if txn.put(h, blocks.encode_ref(pid, off, n), db=db, overwrite=False) and p not in stored:
             stored.add(p)
