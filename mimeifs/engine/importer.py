@@ -74,7 +74,8 @@ def _packed_before(run: bytes | None) -> set[bytes] | None:
     return _packed.hashes
 
 
-def prepare_batch(paths: list[str], run: bytes | None = None) -> tuple[list, list]:
+def prepare_batch(paths: list[str], run: bytes | None = None,
+                  stored: list[bytes] = ()) -> tuple[list, list]:
     """:func:`prepare_small` for each path into shared packs (in a worker process).
 
     Returns (results, packs): per path (content hash, size, refs) or, for an unreadable
@@ -85,8 +86,12 @@ def prepare_batch(paths: list[str], run: bytes | None = None) -> tuple[list, lis
     are not packed again (ref pack index :data:`packs.KNOWN`): a worker runs its batches
     in submission order and the importer stores batches in that order, so those chunks
     are in the store when this batch is stored (else the importer re-reads the file).
+    ``stored``: chunk hashes the importer stored lately (from every worker's batches),
+    treated the same way.
     """
     known = _packed_before(run)
+    if known is not None:
+        known.update(stored)
     writer = packs.PackWriter(known=known)
     out = []
     for p in paths:
@@ -128,6 +133,30 @@ def store_os_file(txn, store, path: str) -> tuple[bytes, int, int]:
     size = sum(lengths)
     objects.store_manifest(txn, store.db("manifests"), Manifest(h, size, hashes, lengths))
     return h, size, added
+
+
+class _RunChunks:
+    """Chunk hashes one import run has stored, handed to its workers (which cannot read
+    LMDB) so they leave them out of their packs: each batch carries the hashes stored
+    since the last :data:`SPAN` submissions, enough for every worker to see each one."""
+
+    SPAN = 8
+
+    def __init__(self):
+        self.token = os.urandom(16)
+        self.log: list[bytes] = []
+        self.marks: list[int] = []
+
+    def stored(self, hashes) -> None:
+        self.log.extend(hashes)
+
+    def recent(self) -> list[bytes]:
+        self.marks.append(len(self.log))
+        if len(self.marks) > self.SPAN:
+            start = self.marks[-self.SPAN - 1]
+            del self.log[:start]
+            self.marks = [m - start for m in self.marks[-self.SPAN:]]
+        return self.log[:]
 
 
 def _user_xattrs(path: str) -> list[tuple[bytes, bytes]]:
@@ -343,8 +372,9 @@ class Importer:
             self._procs = concurrent.futures.ProcessPoolExecutor(
                 max_workers=os.cpu_count() or 2, mp_context=multiprocessing.get_context("fork"))
         ex = self._procs or blocks.pool()
-        run = self.__dict__.setdefault("_run_token", os.urandom(16))
-        self._inflight.append((ex.submit(prepare_batch, [i[0] for i in items], run), items))
+        run = self.__dict__.get("_run_chunks") or self.__dict__.setdefault("_run_chunks", _RunChunks())
+        self._inflight.append((ex.submit(prepare_batch, [i[0] for i in items], run.token,
+                                         run.recent()), items))
         self._drain(self.MAX_INFLIGHT)
 
     def _drain(self, keep: int) -> None:
@@ -358,12 +388,15 @@ class Importer:
                 results, batch_packs = fut.result()
             except Exception:  # a worker died (e.g. killed): do the batch here
                 results, batch_packs = prepare_batch([i[0] for i in items])
+            results, batch_packs = packs.drop_known(self._txn(), self.store.db("blocks"),
+                                                    results, batch_packs)
             stored: set[int] = set()  # packs of this batch already put
             for item, r in zip(items, results):
                 if isinstance(r, str):
                     self.stats["errors"].append(f"{os.fsdecode(item[0])}: {r}")
                 else:
                     self._store_one(item, (*r, batch_packs, stored))
+                    self._run_chunks.stored(c[0] for c in r[2])
 
     def _store_one(self, item, prepared) -> None:
         """Store one file's content and make or update its cur inode."""

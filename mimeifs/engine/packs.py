@@ -179,3 +179,60 @@ def store_chunks(txn, db, pieces: Iterable, batch: int = 64,
     store_ready(0)
     return hashes, lengths, added
 
+
+
+def drop_known(txn, db, results: list, sealed: list[Sealed], min_dead: float = 0.05,
+               ) -> tuple[list, list[Sealed]]:
+    """Rewrite a worker batch's packs without the chunks ``blocks`` (``db``) already has.
+
+    Workers cannot see the store, so chunks stored by batches still in flight when
+    theirs ran come back packed again; stored as they are, those bytes are dead from the
+    start. A pack whose already-stored chunks make up at least ``min_dead`` of its bytes
+    is decompressed and its other chunks packed again (in the :func:`blocks.pool`
+    threads). ``results`` = per file (content hash, size, refs) or an error str, as
+    ``importer.prepare_batch`` returns them. Returns (results, packs) with refs into the
+    rewritten packs (already stored chunks become :data:`KNOWN`). Raises
+    :class:`blocks.CorruptBlock` if a worker's pack does not decode.
+    """
+    members: dict[int, dict[bytes, tuple[int, int]]] = {}
+    for r in results:
+        if not isinstance(r, str):
+            for h, n, p, off in r[2]:
+                if p != KNOWN:
+                    members.setdefault(p, {})[h] = (off, n)
+    redo = {}
+    for p, mem in members.items():
+        dead = {h for h in mem if txn.get(h, db=db) is not None}
+        dead_bytes = sum(mem[h][1] for h in dead)
+        if dead and dead_bytes < sealed[p][2] and dead_bytes >= min_dead * sealed[p][2]:
+            redo[p] = sorted(((off, n, h) for h, (off, n) in mem.items() if h not in dead))
+    if not redo:
+        return results, sealed
+
+    def rewrite(p: int):
+        data = blocks.decode_chunk(sealed[p][1], sealed[p][2])
+        where, parts, pos = {}, [], 0
+        for off, n, h in redo[p]:
+            parts.append(memoryview(data)[off:off + n])
+            where[h] = pos
+            pos += n
+        return blocks.encode_pack(parts), where
+
+    new = dict(zip(redo, blocks.pool().map(rewrite, list(redo))))
+    sealed = list(sealed)
+    for p, (s, _where) in new.items():
+        sealed[p] = s
+    out = []
+    for r in results:
+        if isinstance(r, str):
+            out.append(r)
+            continue
+        refs = []
+        for h, n, p, off in r[2]:
+            if p in new:
+                w = new[p][1].get(h)
+                refs.append((h, n, KNOWN, 0) if w is None else (h, n, p, w))
+            else:
+                refs.append((h, n, p, off))
+        out.append((r[0], r[1], refs))
+    return out, sealed
