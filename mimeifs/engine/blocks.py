@@ -56,8 +56,12 @@ ZSTD = 1
 PACKED = 2
 
 #: Target uncompressed size of a pack (bytes); a pack closes at the first chunk that
-#: reaches it, so a pack holds at most PACK_TARGET + MAX_CHUNK bytes.
-PACK_TARGET = 512 * 1024
+#: reaches it, so a pack holds at most PACK_TARGET + MAX_CHUNK bytes. Measured on a
+#: 50,724-file Python library tree (941 MB; restic stores it in 267 MB): 256 KiB packs
+#: 283 MB, 512 KiB 273 MB, 1 MiB 266 MB; a cold random 4 KiB read costs 0.45, 0.5 and
+#: 0.8 ms (one pack read and decompressed; 0.2 ms with one frame per chunk); cold
+#: sequential reads are as fast as before.
+PACK_TARGET = 1024 * 1024
 PACK_PREFIX = b"P"
 _REF = struct.Struct(">B32sII")  # codec PACKED, pack id, offset, length
 
