@@ -209,15 +209,6 @@ def cut(data: bytes | bytearray | memoryview) -> list[memoryview]:
     return [mv[c.offset:c.offset + c.length] for c in chunker().cut_buf(mv)]
 
 
-def encode_many(chunks: Iterable[memoryview]) -> list[tuple[bytes, bytes, int]]:
-    """Hash and compress chunks in the worker pool: list of (hash, value, length)."""
-    chunks = list(chunks)
-    if len(chunks) <= 1:
-        return [(*encode_chunk(c), len(c)) for c in chunks]
-    res = list(pool().map(encode_chunk, chunks))
-    return [(h, v, len(c)) for (h, v), c in zip(res, chunks)]
-
-
 def put_chunks(txn, db, encoded: Iterable[tuple[bytes, bytes, int]]) -> int:
     """Store per-chunk values (codec 0/1) not yet present: the pre-pack format, kept
     for tools and tests that write it. Returns the number of bytes newly stored."""

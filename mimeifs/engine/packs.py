@@ -22,6 +22,7 @@ never committed without its pack.
 
 from __future__ import annotations
 
+import os
 from typing import Callable, Iterable
 
 import blake3
@@ -143,7 +144,7 @@ def store_chunks(txn, db, pieces: Iterable, batch: int = 64,
     hashing, ``inflight`` packs compressing) for files of several GiB.
     """
     ex = blocks.pool()
-    inflight = inflight or 2 * ex._max_workers
+    inflight = inflight or 2 * max(2, os.cpu_count() or 2)
     writer = PackWriter(seal=lambda parts: ex.submit(blocks.encode_pack, parts))
     hashes: list[bytes] = []
     lengths: list[int] = []
