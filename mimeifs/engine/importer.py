@@ -159,6 +159,14 @@ class _RunChunks:
         return self.log[:]
 
 
+def _run_chunks_of(imp) -> _RunChunks:
+    """The :class:`_RunChunks` of an :class:`Importer` run (made on first use)."""
+    rc = imp.__dict__.get("_run_chunks")
+    if rc is None:
+        rc = imp.__dict__["_run_chunks"] = _RunChunks()
+    return rc
+
+
 def _user_xattrs(path: str) -> list[tuple[bytes, bytes]]:
     try:
         names = os.listxattr(path, follow_symlinks=False)
@@ -372,7 +380,7 @@ class Importer:
             self._procs = concurrent.futures.ProcessPoolExecutor(
                 max_workers=os.cpu_count() or 2, mp_context=multiprocessing.get_context("fork"))
         ex = self._procs or blocks.pool()
-        run = self.__dict__.get("_run_chunks") or self.__dict__.setdefault("_run_chunks", _RunChunks())
+        run = _run_chunks_of(self)
         self._inflight.append((ex.submit(prepare_batch, [i[0] for i in items], run.token,
                                          run.recent()), items))
         self._drain(self.MAX_INFLIGHT)
@@ -396,7 +404,7 @@ class Importer:
                     self.stats["errors"].append(f"{os.fsdecode(item[0])}: {r}")
                 else:
                     self._store_one(item, (*r, batch_packs, stored))
-                    self._run_chunks.stored(c[0] for c in r[2])
+                    _run_chunks_of(self).stored(c[0] for c in r[2])
 
     def _store_one(self, item, prepared) -> None:
         """Store one file's content and make or update its cur inode."""
