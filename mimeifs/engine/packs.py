@@ -1,17 +1,21 @@
 """Writing packs: group new chunks into packs and index them (format: ``blocks``).
 
-A pack is what restic calls one (https://restic.readthedocs.io/en/latest/100_references.html#pack-format):
-chunks taken in the order they are produced — a file's chunks, then the next file's —
-concatenated up to :data:`blocks.PACK_TARGET` uncompressed bytes, compressed as one zstd
-frame and stored once under ``b"P"`` + blake3 of the uncompressed bytes. Each chunk's
-index record in ``blocks`` points into it (:func:`blocks.encode_ref`).
+A pack is what restic calls one
+(https://restic.readthedocs.io/en/latest/100_references.html#pack-format): chunks taken
+in the order they are produced — a file's chunks, then the next file's — concatenated up
+to :data:`blocks.PACK_TARGET` uncompressed bytes and stored once under ``b"P"`` + blake3
+of the uncompressed bytes. Unlike restic, which compresses (and encrypts) each blob on its
+own, the whole pack is one zstd frame: small files compress together. Each chunk's index
+record in ``blocks`` points into it (:func:`blocks.encode_ref`).
 
 Two ways to fill packs:
 
 - :class:`PackWriter` where no store is at hand (the importer's worker processes): every
-  chunk goes in (a repeated one once); the writer thread later indexes only the chunks the
-  store lacks (:func:`put_refs`) and stores a pack only if one of its chunks is new. A pack
-  with some already-known chunks is stored whole; gc repacks it once it is mostly dead.
+  chunk goes in (a repeated one once, one the caller says the store will have not at
+  all: :data:`KNOWN`); the writer thread drops already-stored chunks from a pack that
+  carries many of them (:func:`drop_known`), indexes only the chunks the store lacks
+  (:func:`put_refs`) and stores a pack only if one of its chunks is new. A pack with a
+  few already-known chunks is stored whole; gc repacks it once it is mostly dead.
 - :func:`store_chunks` in the writer thread (big files, backups): chunks already indexed
   are skipped before packing, packs are compressed in :func:`blocks.pool` threads, and
   each is stored with its index records as it completes.
@@ -179,7 +183,6 @@ def store_chunks(txn, db, pieces: Iterable, batch: int = 64,
     writer.flush()
     store_ready(0)
     return hashes, lengths, added
-
 
 
 def drop_known(txn, db, results: list, sealed: list[Sealed], min_dead: float = 0.05,
