@@ -4,13 +4,14 @@
   Chunking for Data Deduplication Based Storage Systems", IEEE TPDS 2020) through the
   maintained ``pyfastcdc`` library: min 16 KiB, average 64 KiB (+min), max 256 KiB.
 - A chunk's address is blake3 of its uncompressed bytes (32 bytes).
-- Chunks are stored in *packs*, as restic does
+- Chunks are stored in *packs*, after restic's design
   (https://restic.readthedocs.io/en/latest/100_references.html#pack-format): chunks
   produced one after the other (a file's chunks, a directory's small files) are
-  concatenated up to :data:`PACK_TARGET` bytes and compressed as ONE zstd frame, which
-  compresses far better than one frame per chunk and fills LMDB's 4 KiB overflow pages.
-  Unlike a restic pack there is no header inside the pack: the index and the packs live
-  in one LMDB transaction, so they cannot disagree the way restic's separately uploaded
+  concatenated up to :data:`PACK_TARGET` bytes. Unlike restic, which compresses each
+  blob alone, the pack is compressed as ONE zstd frame, which compresses small files far
+  better than one frame per chunk and leaves no half-used 4 KiB LMDB overflow page per
+  chunk. Nor is there a header inside the pack: the index and the packs are written in
+  one LMDB transaction, so they cannot disagree the way restic's separately uploaded
   index files and packs can.
 - Sub-database ``blocks`` holds two kinds of record, told apart by key length:
 
