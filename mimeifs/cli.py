@@ -379,7 +379,9 @@ def gc(ctx):
     from .engine.maintenance import gc as do_gc
     r = do_gc(_engine(ctx))
     click.echo(f"freed {r['chunks_freed']} chunks ({_human(r['bytes_freed'])}), "
-               f"{r['manifests_freed']} manifests, {r['trees_freed']} trees; kept {r['chunks_kept']} chunks")
+               f"{r['manifests_freed']} manifests, {r['trees_freed']} trees; "
+               f"{r['packs_freed']} packs deleted, {r['packs_rewritten']} repacked; "
+               f"kept {r['chunks_kept']} chunks")
 
 
 if __name__ == "__main__":

@@ -622,6 +622,7 @@ class Bench:
             d = self.cur_dir(tool)
             mnt = self.mounted[-1]
             seq = os.path.join(d, "seq.bin")
+            os.sync()   # no writeback of earlier steps (the data file itself) during the run
             run(["cat", data], self.T, capture=False)       # data file warm in page cache
             dt, _ = run(["dd", f"if={data}", f"of={seq}", "bs=1M", "status=none"], self.T)
             r["write_s"] = round(dt, 3)
