@@ -190,7 +190,8 @@ def test_gc_frees_dead_pack_and_repacks_half_dead_one(engine, tmp_path):
 
 def test_old_per_chunk_values_still_read_check_and_dedup(engine, tmp_path):
     e = engine
-    data = text(300_000, 7) + os.urandom(100_000)   # codec 1 and codec 0 chunks
+    # random bytes longer than two max-size chunks: at least one chunk is all random (codec 0)
+    data = text(300_000, 7) + os.urandom(600_000)   # codec 1 and codec 0 chunks
     chunks = blocks.cut(data)
     enc = [(*blocks.encode_chunk(c), len(c)) for c in chunks]
     assert {v[0] for _, v, _ in enc} == {blocks.RAW, blocks.ZSTD}
