@@ -47,27 +47,38 @@ def chunk_and_store(txn, store, pieces) -> tuple[list[bytes], list[int], int]:
     return packs.store_chunks(txn, store.db("blocks"), pieces)
 
 
-def materialize(txn, wt: Worktree, node: Inode) -> tuple[bytes, int]:
-    """Chunk a dirty file's content into blocks and a manifest: (content hash, new bytes)."""
+def materialize(txn, wt: Worktree, node: Inode, sink: packs.ChunkSink | None = None
+                ) -> tuple[bytes, int]:
+    """Chunk a dirty file's content into blocks and a manifest: (content hash, new bytes).
+
+    With ``sink`` (one per backup) the chunks go into packs shared with the other dirty
+    files, and the new bytes are counted when the sink closes (0 here)."""
     store = wt.store
+
+    def put(pieces) -> tuple[list[bytes], list[int], int]:
+        if sink is None:
+            return chunk_and_store(txn, store, pieces)
+        return (*sink.add(pieces), 0)
+
     if node.size <= 8 << 20:
         data = wt.read_node(txn, node, 0, node.size)
         h = blake3.blake3(data).digest()
-        hashes, lengths, added = chunk_and_store(txn, store, blocks.cut(data))
+        hashes, lengths, added = put(blocks.cut(data))
     else:
         rd = _NodeReader(wt, txn, node)
         pieces = (bytes(c.data) for c in blocks.chunker().cut_stream(rd))
-        hashes, lengths, added = chunk_and_store(txn, store, pieces)
+        hashes, lengths, added = put(pieces)
         h = rd.hasher.digest()
     objects.store_manifest(txn, store.db("manifests"), Manifest(h, node.size, hashes, lengths))
     return h, added
 
 
-def freeze_file(txn, wt: Worktree, node: Inode) -> tuple[bytes, int]:
+def freeze_file(txn, wt: Worktree, node: Inode, sink: packs.ChunkSink | None = None
+                ) -> tuple[bytes, int]:
     """A file's content hash, materializing it if dirty: (hash, new bytes stored)."""
     if node.frozen != ZERO32:
         return node.frozen, 0
-    h, added = materialize(txn, wt, node)
+    h, added = materialize(txn, wt, node, sink)
     wt.drop_data(txn, node.ino)
     node.base = node.frozen = h
     node.aux = node.size
@@ -81,7 +92,8 @@ def entry_of(txn, wt: Worktree, name: bytes, c: Inode, h: bytes, size: int) -> E
                  c.target if c.is_lnk else b"", xs)
 
 
-def freeze_dir(txn, wt: Worktree, node: Inode, stats: dict, progress=None) -> tuple[bytes, int]:
+def freeze_dir(txn, wt: Worktree, node: Inode, stats: dict, progress=None,
+               sink: packs.ChunkSink | None = None) -> tuple[bytes, int]:
     """A directory's tree hash and total file bytes below, building dirty subtrees."""
     if node.frozen != ZERO32:
         return node.frozen, node.aux
@@ -89,12 +101,12 @@ def freeze_dir(txn, wt: Worktree, node: Inode, stats: dict, progress=None) -> tu
     for name, cino in wt.list_dir(txn, node.ino):
         c = wt.get(txn, cino)
         if c.is_dir:
-            h, size = freeze_dir(txn, wt, c, stats, progress)
+            h, size = freeze_dir(txn, wt, c, stats, progress, sink)
             total += size
         elif c.is_reg:
             dirty = c.frozen == ZERO32
             stats["files"] += dirty
-            h, added = freeze_file(txn, wt, c)
+            h, added = freeze_file(txn, wt, c, sink)
             stats["new_bytes"] += added
             if dirty and progress is not None:
                 progress(c.size)
@@ -118,7 +130,9 @@ def freeze(txn, wt: Worktree, root_ino: int, progress=None) -> tuple[str, bytes,
     stats = {"new_bytes": 0, "files": 0, "trees": 0}
     root = wt.get(txn, root_ino)
     if root.is_dir:
-        h, total = freeze_dir(txn, wt, root, stats, progress)
+        sink = packs.ChunkSink(txn, wt.store.db("blocks"))  # small dirty files share packs
+        h, total = freeze_dir(txn, wt, root, stats, progress, sink)
+        stats["new_bytes"] += sink.close()
         return "fs", h, total, stats
     h, added = freeze_file(txn, wt, root)
     stats["new_bytes"] = added

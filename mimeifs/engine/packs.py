@@ -138,51 +138,77 @@ def _digest(c) -> bytes:
     return blake3.blake3(c).digest()
 
 
+class ChunkSink:
+    """Stores the chunks of one or more files into shared packs inside ``txn``.
+
+    ``add(pieces)`` takes one file's chunk buffers (bytes or memoryviews of buffers that
+    outlive the sink), in file order, and returns (chunk hashes, lengths) at once;
+    chunks already in ``blocks`` (``db``) or already in this sink are not packed again.
+    Packs are compressed in :func:`blocks.pool` threads and stored with their index
+    records as they complete; :meth:`close` stores the rest and returns the stored bytes
+    newly added. Until ``close`` the index may lack chunks just added, so the caller
+    closes before committing ``txn``. One sink across a whole backup puts many small
+    dirty files into one pack instead of one pack each. Memory stays bounded (``batch``
+    chunks hashing, ``inflight`` packs compressing) for files of several GiB.
+    """
+
+    def __init__(self, txn, db, batch: int = 64, inflight: int | None = None):
+        self.txn, self.db, self.batch = txn, db, batch
+        self.ex = blocks.pool()
+        self.inflight = inflight or 2 * max(2, os.cpu_count() or 2)
+        self.writer = PackWriter(seal=lambda parts: self.ex.submit(blocks.encode_pack, parts))
+        self.added = 0
+        self._done = 0  # packs of writer stored so far
+
+    def _store_ready(self, keep: int) -> None:
+        w = self.writer
+        while len(w.packs) - self._done > keep or (
+                self._done < len(w.packs) and w.packs[self._done].done()):
+            d = self._done
+            self.added += put_pack(self.txn, self.db, w.packs[d].result(), w.members[d])
+            w.packs[d] = w.members[d] = None  # free the memory
+            self._done += 1
+
+    def add(self, pieces: Iterable) -> tuple[list[bytes], list[int]]:
+        """Chunk buffers of one file -> (chunk hashes, lengths)."""
+        hashes: list[bytes] = []
+        lengths: list[int] = []
+        txn, db, writer = self.txn, self.db, self.writer
+
+        def flush(group: list) -> None:
+            digests = (list(self.ex.map(_digest, group)) if len(group) > 1
+                       else [_digest(c) for c in group])
+            for h, c in zip(digests, group):
+                hashes.append(h)
+                lengths.append(len(c))
+                if h not in writer and txn.get(h, db=db) is None:
+                    writer.add(h, c)
+            self._store_ready(self.inflight)
+
+        group: list = []
+        for c in pieces:
+            group.append(c)
+            if len(group) >= self.batch:
+                flush(group)
+                group = []
+        if group:
+            flush(group)
+        return hashes, lengths
+
+    def close(self) -> int:
+        """Seal the open pack, store every pack; returns the stored bytes newly added."""
+        self.writer.flush()
+        self._store_ready(0)
+        return self.added
+
+
 def store_chunks(txn, db, pieces: Iterable, batch: int = 64,
                  inflight: int | None = None) -> tuple[list[bytes], list[int], int]:
-    """Hash chunk buffers in the pool, pack the ones ``blocks`` (``db``) lacks, compress
-    the packs in the pool and store them with their index records in ``txn``.
-
-    ``pieces``: chunk buffers (bytes or memoryviews), in file order. Returns (chunk
-    hashes, lengths, stored bytes newly added). Memory stays bounded (``batch`` chunks
-    hashing, ``inflight`` packs compressing) for files of several GiB.
-    """
-    ex = blocks.pool()
-    inflight = inflight or 2 * max(2, os.cpu_count() or 2)
-    writer = PackWriter(seal=lambda parts: ex.submit(blocks.encode_pack, parts))
-    hashes: list[bytes] = []
-    lengths: list[int] = []
-    added = 0
-    done = 0  # packs of writer stored so far
-
-    def store_ready(keep: int) -> None:
-        nonlocal added, done
-        while len(writer.packs) - done > keep or (
-                done < len(writer.packs) and writer.packs[done].done()):
-            added += put_pack(txn, db, writer.packs[done].result(), writer.members[done])
-            writer.packs[done] = writer.members[done] = None  # free the memory
-            done += 1
-
-    def flush(group: list) -> None:
-        digests = list(ex.map(_digest, group)) if len(group) > 1 else [_digest(c) for c in group]
-        for h, c in zip(digests, group):
-            hashes.append(h)
-            lengths.append(len(c))
-            if h not in writer and txn.get(h, db=db) is None:
-                writer.add(h, c)
-        store_ready(inflight)
-
-    group: list = []
-    for c in pieces:
-        group.append(c)
-        if len(group) >= batch:
-            flush(group)
-            group = []
-    if group:
-        flush(group)
-    writer.flush()
-    store_ready(0)
-    return hashes, lengths, added
+    """Store one file's chunk buffers through a :class:`ChunkSink` of its own: (chunk
+    hashes, lengths, stored bytes newly added)."""
+    sink = ChunkSink(txn, db, batch, inflight)
+    hashes, lengths = sink.add(pieces)
+    return hashes, lengths, sink.close()
 
 
 def drop_known(txn, db, results: list, sealed: list[Sealed], min_dead: float = 0.05,

@@ -297,3 +297,29 @@ def test_drop_known_rewrites_a_pack_without_stored_chunks(engine, tmp_path):
         with open(p, "rb") as f:
             assert e.read_content(r[0], 0, 100_000) == f.read()
     assert maintenance.check(e)["problems"] == []
+
+
+def test_backup_of_files_written_in_cur_shares_packs(fs):
+    """A backup packs the small dirty files of cur together (one sink per backup), not
+    one pack per file; every file reads back from the version and check is clean."""
+    e, mid, root = fs
+    files = {f"f{i:03d}".encode(): text(1500 + 13 * i, 100 + i) for i in range(200)}
+    for name, data in files.items():
+        mkfile(e, root, name, data)
+    big = text(3 << 20, 5) + os.urandom(1 << 20)     # a multi-chunk file among them
+    mkfile(e, root, b"big", big)
+    before = pack_ids(e)
+    rec = e.backup(mid)
+    new = pack_ids(e) - before
+    # ~350 KiB of small files + 4 MiB of big file: a handful of 1 MiB packs, not 201
+    assert 1 <= len(new) <= 8, len(new)
+    assert rec["n"] == 0
+    e.chunks = e.wt.chunks = blocks.ChunkCache()       # read from the store, not the cache
+    snap = version_snapshot(e, mid, 0)
+    for name, data in files.items():
+        assert snap[name.decode()][1] == data
+    assert snap["big"][1] == big
+    assert maintenance.check(e)["problems"] == []
+    # a second backup of the unchanged cur stores nothing new
+    e.backup(mid)
+    assert pack_ids(e) - before == new
