@@ -276,10 +276,11 @@ class Importer:
         except OSError as e:
             self.stats["errors"].append(f"{os.fsdecode(path)}: {e.strerror}")
             return
-        txn = self._txn()
-        existing = dict(wt.list_dir(txn, ino))
+        txn = self._txn()  # nothing in the loop commits: one transaction throughout
+        existing = wt.child_map(txn, ino)
         pending = []
         subdirs = []
+        d_inodes = wt.d_inodes
         for de in des:
             name = de.name
             try:
@@ -287,11 +288,10 @@ class Importer:
             except OSError as e:
                 self.stats["errors"].append(f"{os.fsdecode(de.path)}: {e.strerror}")
                 continue
-            txn = self._txn()
             cino = existing.pop(name, None)
             if cino is not None:
                 # the common cases of a re-import, decided on the raw inode bytes
-                raw = txn.get(ikey(cino), db=wt.d_inodes)
+                raw = txn.get(ikey(cino), db=d_inodes)
                 if unchanged_file(raw, st):
                     self.stats["skipped"] += 1
                     continue

@@ -246,6 +246,18 @@ class Worktree:
         self.save(txn, node)
         self.dirty_up(txn, node.ino)
 
+    def child_map(self, txn, ino: int) -> dict[bytes, int]:
+        """{name: child inode} of a directory (what a re-import compares against)."""
+        pre = ikey(ino)
+        out: dict[bytes, int] = {}
+        with txn.cursor(db=self.d_dirents) as c:
+            if c.set_range(pre):
+                for k, v in c.iternext():
+                    if k[:8] != pre:
+                        break
+                    out[bytes(k[8:])] = int.from_bytes(v, "big")
+        return out
+
     def list_dir(self, txn, ino: int) -> list[tuple[bytes, int]]:
         """(name, child inode) of a directory, sorted by name bytes."""
         return [(k[8:], _Q.unpack(v)[0]) for k, v in scan_prefix(txn, self.d_dirents, ikey(ino))]
