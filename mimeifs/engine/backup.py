@@ -40,50 +40,31 @@ class _NodeReader:
         return len(data)
 
 
-def chunk_and_store(txn, store, pieces) -> tuple[list[bytes], list[int], int]:
-    """Hash chunk buffers in the worker pool, pack the new ones (compressed in the pool,
-    :mod:`packs`) and store them. Returns (chunk hashes, lengths, bytes newly stored).
-    Memory stays bounded for files of several GiB."""
-    return packs.store_chunks(txn, store.db("blocks"), pieces)
-
-
-def materialize(txn, wt: Worktree, node: Inode, sink: packs.ChunkSink | None = None
-                ) -> tuple[bytes, int]:
-    """Chunk a dirty file's content into blocks and a manifest: (content hash, new bytes).
-
-    With ``sink`` (one per backup) the chunks go into packs shared with the other dirty
-    files, and the new bytes are counted when the sink closes (0 here)."""
-    store = wt.store
-
-    def put(pieces) -> tuple[list[bytes], list[int], int]:
-        if sink is None:
-            return chunk_and_store(txn, store, pieces)
-        return (*sink.add(pieces), 0)
-
+def materialize(txn, wt: Worktree, node: Inode, sink: packs.ChunkSink) -> bytes:
+    """Chunk a dirty file's content into ``sink`` (one per backup, so the dirty files'
+    chunks share packs) and store its manifest; returns its content hash."""
     if node.size <= 8 << 20:
         data = wt.read_node(txn, node, 0, node.size)
         h = blake3.blake3(data).digest()
-        hashes, lengths, added = put(blocks.cut(data))
+        hashes, lengths = sink.add(blocks.cut(data))
     else:
         rd = _NodeReader(wt, txn, node)
-        pieces = (bytes(c.data) for c in blocks.chunker().cut_stream(rd))
-        hashes, lengths, added = put(pieces)
+        hashes, lengths = sink.add(bytes(c.data) for c in blocks.chunker().cut_stream(rd))
         h = rd.hasher.digest()
-    objects.store_manifest(txn, store.db("manifests"), Manifest(h, node.size, hashes, lengths))
-    return h, added
+    objects.store_manifest(txn, wt.store.db("manifests"), Manifest(h, node.size, hashes, lengths))
+    return h
 
 
-def freeze_file(txn, wt: Worktree, node: Inode, sink: packs.ChunkSink | None = None
-                ) -> tuple[bytes, int]:
-    """A file's content hash, materializing it if dirty: (hash, new bytes stored)."""
+def freeze_file(txn, wt: Worktree, node: Inode, sink: packs.ChunkSink) -> bytes:
+    """A file's content hash, materializing it into ``sink`` if dirty."""
     if node.frozen != ZERO32:
-        return node.frozen, 0
-    h, added = materialize(txn, wt, node, sink)
+        return node.frozen
+    h = materialize(txn, wt, node, sink)
     wt.drop_data(txn, node.ino)
     node.base = node.frozen = h
     node.aux = node.size
     wt.save(txn, node)
-    return h, added
+    return h
 
 
 def entry_of(txn, wt: Worktree, name: bytes, c: Inode, h: bytes, size: int) -> Entry:
@@ -92,8 +73,8 @@ def entry_of(txn, wt: Worktree, name: bytes, c: Inode, h: bytes, size: int) -> E
                  c.target if c.is_lnk else b"", xs)
 
 
-def freeze_dir(txn, wt: Worktree, node: Inode, stats: dict, progress=None,
-               sink: packs.ChunkSink | None = None) -> tuple[bytes, int]:
+def freeze_dir(txn, wt: Worktree, node: Inode, stats: dict, progress,
+               sink: packs.ChunkSink) -> tuple[bytes, int]:
     """A directory's tree hash and total file bytes below, building dirty subtrees."""
     if node.frozen != ZERO32:
         return node.frozen, node.aux
@@ -106,8 +87,7 @@ def freeze_dir(txn, wt: Worktree, node: Inode, stats: dict, progress=None,
         elif c.is_reg:
             dirty = c.frozen == ZERO32
             stats["files"] += dirty
-            h, added = freeze_file(txn, wt, c, sink)
-            stats["new_bytes"] += added
+            h = freeze_file(txn, wt, c, sink)
             if dirty and progress is not None:
                 progress(c.size)
             size = c.size
@@ -129,14 +109,13 @@ def freeze(txn, wt: Worktree, root_ino: int, progress=None) -> tuple[str, bytes,
     ``progress(nbytes)`` is called as dirty files are chunked."""
     stats = {"new_bytes": 0, "files": 0, "trees": 0}
     root = wt.get(txn, root_ino)
+    sink = packs.ChunkSink(txn, wt.store.db("blocks"))  # the dirty files share packs
     if root.is_dir:
-        sink = packs.ChunkSink(txn, wt.store.db("blocks"))  # small dirty files share packs
-        h, total = freeze_dir(txn, wt, root, stats, progress, sink)
-        stats["new_bytes"] += sink.close()
-        return "fs", h, total, stats
-    h, added = freeze_file(txn, wt, root)
-    stats["new_bytes"] = added
-    return "file", h, root.size, stats
+        kind, (h, total) = "fs", freeze_dir(txn, wt, root, stats, progress, sink)
+    else:
+        kind, h, total = "file", freeze_file(txn, wt, root, sink), root.size
+    stats["new_bytes"] = sink.close()  # before the caller commits: the index is complete
+    return kind, h, total, stats
 
 
 def checkout_entries(txn, wt: Worktree, parent: Inode, tree: objects.Tree) -> None:

@@ -42,7 +42,6 @@ import concurrent.futures
 import os
 import struct
 import threading
-from typing import Iterable
 
 import blake3
 import zstandard
@@ -208,16 +207,6 @@ def cut(data: bytes | bytearray | memoryview) -> list[memoryview]:
         return []
     mv = memoryview(data)
     return [mv[c.offset:c.offset + c.length] for c in chunker().cut_buf(mv)]
-
-
-def put_chunks(txn, db, encoded: Iterable[tuple[bytes, bytes, int]]) -> int:
-    """Store per-chunk values (codec 0/1) not yet present: the pre-pack format, kept
-    for tools and tests that write it. Returns the number of bytes newly stored."""
-    added = 0
-    for h, v, _n in encoded:
-        if txn.put(h, v, db=db, overwrite=False):
-            added += len(v)
-    return added
 
 
 class _Pack:

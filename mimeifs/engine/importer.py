@@ -159,14 +159,6 @@ class _RunChunks:
         return self.log[:]
 
 
-def _run_chunks_of(imp) -> _RunChunks:
-    """The :class:`_RunChunks` of an :class:`Importer` run (made on first use)."""
-    rc = imp.__dict__.get("_run_chunks")
-    if rc is None:
-        rc = imp.__dict__["_run_chunks"] = _RunChunks()
-    return rc
-
-
 def _user_xattrs(path: str) -> list[tuple[bytes, bytes]]:
     try:
         names = os.listxattr(path, follow_symlinks=False)
@@ -219,6 +211,7 @@ class Importer:
         self._inflight: collections.deque = collections.deque()
         self._queued = 0
         self._procs: concurrent.futures.ProcessPoolExecutor | None = None
+        self._run_chunks = _RunChunks()  # chunk hashes this run stored, for the workers
 
     # -- transactions -----------------------------------------------------------------
     def _txn(self):
@@ -298,7 +291,9 @@ class Importer:
                 if raw is not None and stat.S_ISDIR(st.st_mode) and stat.S_ISDIR(raw_mode(raw)):
                     subdirs.append((de.path, cino, st))
                     continue
-            node = wt.get(txn, cino) if cino is not None else None
+                node = Inode.unpack(cino, raw) if raw is not None else wt.get(txn, cino)  # ENOENT
+            else:
+                node = None
             if node is not None and stat.S_IFMT(node.mode) != stat.S_IFMT(st.st_mode):
                 wt.remove_tree(txn, ino, name, node, self.e.is_open)
                 node = None
@@ -380,7 +375,7 @@ class Importer:
             self._procs = concurrent.futures.ProcessPoolExecutor(
                 max_workers=os.cpu_count() or 2, mp_context=multiprocessing.get_context("fork"))
         ex = self._procs or blocks.pool()
-        run = _run_chunks_of(self)
+        run = self._run_chunks
         self._inflight.append((ex.submit(prepare_batch, [i[0] for i in items], run.token,
                                          run.recent()), items))
         self._drain(self.MAX_INFLIGHT)
@@ -404,7 +399,7 @@ class Importer:
                     self.stats["errors"].append(f"{os.fsdecode(item[0])}: {r}")
                 else:
                     self._store_one(item, (*r, batch_packs, stored))
-                    _run_chunks_of(self).stored(c[0] for c in r[2])
+                    self._run_chunks.stored(c[0] for c in r[2])
 
     def _store_one(self, item, prepared) -> None:
         """Store one file's content and make or update its cur inode."""

@@ -16,9 +16,10 @@ Two ways to fill packs:
   carries many of them (:func:`drop_known`), indexes only the chunks the store lacks
   (:func:`put_refs`) and stores a pack only if one of its chunks is new. A pack with a
   few already-known chunks is stored whole; gc repacks it once it is mostly dead.
-- :func:`store_chunks` in the writer thread (big files, backups): chunks already indexed
-  are skipped before packing, packs are compressed in :func:`blocks.pool` threads, and
-  each is stored with its index records as it completes.
+- :class:`ChunkSink` in the writer thread (a big imported file through
+  :func:`store_chunks`; all the dirty files of one backup through one sink): chunks
+  already indexed are skipped before packing, packs are compressed in
+  :func:`blocks.pool` threads, and each is stored with its index records as it completes.
 
 Everything is put inside the caller's LMDB write transaction, so an index record is
 never committed without its pack.

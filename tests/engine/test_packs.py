@@ -83,7 +83,7 @@ def test_import_and_backup_round_trip_mixed_sizes(engine, tmp_path):
     assert stored == st["new_bytes"] < sum(map(len, files.values())) * 0.8
     assert maintenance.check(e)["problems"] == []
 
-    # files written through cur and backed up (chunk_and_store) read back too
+    # files written through cur and backed up (one ChunkSink per backup) read back too
     root = e.state(mid)["cur"]
     more = {b"w1": text(200_000, 5), b"w2": os.urandom(300_000), b"w3": b"tiny"}
     for name, data in more.items():
@@ -197,7 +197,8 @@ def test_old_per_chunk_values_still_read_check_and_dedup(engine, tmp_path):
     assert {v[0] for _, v, _ in enc} == {blocks.RAW, blocks.ZSTD}
     h = objects.blake3.blake3(data).digest()
     with e.store.write() as txn:     # written the way stores before packs were
-        blocks.put_chunks(txn, e.d_blocks, enc)
+        for ch, value, _n in enc:          # one value per chunk, codec 0/1
+            txn.put(ch, value, db=e.d_blocks, overwrite=False)
         objects.store_manifest(txn, e.d_manifests,
                                objects.Manifest(h, len(data), [x[0] for x in enc],
                                                 [x[2] for x in enc]))
