@@ -183,12 +183,15 @@ def info(ctx, spec):
 @click.option("--foreground", "-f", is_flag=True, help="stay in the foreground, log to stderr")
 @click.option("--allow-other", is_flag=True, help="let other users in (needs user_allow_other for non-root)")
 @click.option("--debug", is_flag=True, help="verbose logging and FUSE debug output")
+@click.option("--busy-poll-us", type=click.IntRange(0, 10_000), default=100, show_default=True,
+              help="poll /dev/fuse this long after each request before sleeping (0: never)")
 @click.pass_context
-def mount(ctx, mountpoint, foreground, allow_other, debug):
+def mount(ctx, mountpoint, foreground, allow_other, debug, busy_poll_us):
     """Mount the store at MOUNTPOINT (a daemon unless --foreground)."""
     from .fuse.mount import MountError, mount as do_mount
     try:
-        code = do_mount(ctx.obj["store_path"], mountpoint, foreground, allow_other, debug)
+        code = do_mount(ctx.obj["store_path"], mountpoint, foreground, allow_other, debug,
+                        busy_poll_us=busy_poll_us)
     except MountError as e:
         raise _fail(str(e)) from None
     if not foreground:

@@ -25,6 +25,7 @@ from ..engine.db import Store
 from ..engine.mimei import Engine
 from .control import Controller
 from .ctl import mount_info
+from .loop import DEFAULT_BUSY_POLL_US, install as install_loop
 from .ops import Operations
 
 log = logging.getLogger("mimeifs.mount")
@@ -96,7 +97,8 @@ async def _serve(ops: Operations, store: Store, mountpoint: str) -> None:
         n.cancel_scope.cancel()
 
 
-def _run(store_path: str, mountpoint: str, allow_other: bool, debug: bool, ready_fd: int | None) -> int:
+def _run(store_path: str, mountpoint: str, allow_other: bool, debug: bool, ready_fd: int | None,
+         busy_poll_us: int = DEFAULT_BUSY_POLL_US) -> int:
     def ready(msg: str) -> None:
         if ready_fd is not None:
             os.write(ready_fd, msg.encode()[:4000])
@@ -127,12 +129,15 @@ def _run(store_path: str, mountpoint: str, allow_other: bool, debug: bool, ready
     log.info("mounted %s at %s (pid %d)", store.path, mountpoint, os.getpid())
     ready("ok")
     code = 0
+    waiter = install_loop(busy_poll_us)
     try:
         trio.run(_serve, ops, store, mountpoint)
     except BaseException:
         log.exception("daemon loop failed")
         code = 1
     finally:
+        log.info("requests: %(ready)d waiting, %(polled)d caught by busy-polling, "
+                 "%(parked)d after sleeping", waiter.stats)
         try:
             pyfuse3.close(unmount=True)
         except Exception:
@@ -147,9 +152,11 @@ def _run(store_path: str, mountpoint: str, allow_other: bool, debug: bool, ready
 
 
 def mount(store_path: str, mountpoint: str, foreground: bool = False,
-          allow_other: bool = False, debug: bool = False) -> int:
+          allow_other: bool = False, debug: bool = False,
+          busy_poll_us: int = DEFAULT_BUSY_POLL_US) -> int:
     """Mount the store at ``mountpoint``. Foreground: serve until unmounted and return
-    the exit code. Background: return 0 once mounted; raise :class:`MountError` else."""
+    the exit code. Background: return 0 once mounted; raise :class:`MountError` else.
+    ``busy_poll_us``: see :mod:`mimeifs.fuse.loop` (0 turns busy-polling off)."""
     mountpoint = os.path.abspath(mountpoint)
     clear_stale(mountpoint)
     if not os.path.isdir(mountpoint):
@@ -164,7 +171,7 @@ def mount(store_path: str, mountpoint: str, foreground: bool = False,
     if foreground:
         logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, stream=sys.stderr,
                             format="%(asctime)s %(name)s %(levelname)s %(message)s")
-        return _run(store_path, mountpoint, allow_other, debug, None)
+        return _run(store_path, mountpoint, allow_other, debug, None, busy_poll_us)
     r, w = os.pipe()
     pid = os.fork()
     if pid:
@@ -196,7 +203,7 @@ def mount(store_path: str, mountpoint: str, foreground: bool = False,
         logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, stream=sys.stderr,
                             format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s",
                             force=True)
-        code = _run(store_path, mountpoint, allow_other, debug, w)
+        code = _run(store_path, mountpoint, allow_other, debug, w, busy_poll_us)
     except BaseException:
         code = 1
     os._exit(code)
