@@ -185,13 +185,15 @@ def info(ctx, spec):
 @click.option("--debug", is_flag=True, help="verbose logging and FUSE debug output")
 @click.option("--busy-poll-us", type=click.IntRange(0, 10_000), default=100, show_default=True,
               help="poll /dev/fuse this long after each request before sleeping (0: never)")
+@click.option("--dir-readahead/--no-dir-readahead", default=True, show_default=True,
+              help="on opening a version file, push its small siblings into the page cache")
 @click.pass_context
-def mount(ctx, mountpoint, foreground, allow_other, debug, busy_poll_us):
+def mount(ctx, mountpoint, foreground, allow_other, debug, busy_poll_us, dir_readahead):
     """Mount the store at MOUNTPOINT (a daemon unless --foreground)."""
     from .fuse.mount import MountError, mount as do_mount
     try:
         code = do_mount(ctx.obj["store_path"], mountpoint, foreground, allow_other, debug,
-                        busy_poll_us=busy_poll_us)
+                        busy_poll_us=busy_poll_us, dir_readahead=dir_readahead)
     except MountError as e:
         raise _fail(str(e)) from None
     if not foreground:

@@ -18,6 +18,11 @@ all of them but two:
   wake-up. On this project's 2-core VM a sleep/wake-up across cores costs ~70 µs, and
   trio's park-and-wake ~50 µs of Python on top.
 
+  Idle work: while it polls, the waiter runs its ``idle`` hook's ``step()`` between polls
+  (the directory readahead of :mod:`mimeifs.fuse.prefetch`), so the time spent waiting
+  for the next request does useful work; a request that arrives is taken after at most
+  one step. After ``IDLE_SLICE`` seconds of steps it lets trio run once.
+
   Adaptive: after ``MISSES_TO_BACK_OFF`` polls in a row that ran out of time, polling
   stops for the next ``BACK_OFF_WAITS`` waits. So an idle mount or a slow client costs
   at most a few polls per hundred requests. Every ``FAIRNESS_EVERY`` requests taken
@@ -41,6 +46,7 @@ DEFAULT_BUSY_POLL_US = 100
 MISSES_TO_BACK_OFF = 8
 BACK_OFF_WAITS = 64
 FAIRNESS_EVERY = 64
+IDLE_SLICE = 0.002
 
 
 class Lock:
@@ -69,17 +75,20 @@ class RequestWaiter:
     """``wait_readable`` for the FUSE fd with a poll fast path and adaptive busy-polling.
 
     ``busy_poll_us``: how long (µs) to poll before parking; 0 disables polling but keeps
-    the zero-timeout look. ``stats`` counts how each wait ended: ``ready`` (request
-    already there), ``polled`` (arrived while polling), ``parked`` (went to trio).
+    the zero-timeout look. ``idle``: an object whose ``step() -> bool`` does one small
+    piece of background work and says whether there was any (or None). ``stats`` counts
+    how each wait ended: ``ready`` (request already there), ``polled`` (arrived while
+    polling or doing idle work), ``parked`` (went to trio); and ``steps`` of idle work.
     """
 
-    def __init__(self, busy_poll_us: int = DEFAULT_BUSY_POLL_US) -> None:
+    def __init__(self, busy_poll_us: int = DEFAULT_BUSY_POLL_US, idle=None) -> None:
         self.window = max(0, busy_poll_us) / 1e6
+        self.idle = idle
         self._polls: dict[int, select.poll] = {}
         self._streak = 0      # requests taken without a scheduler pass
         self._misses = 0      # polls in a row that ran out of time
         self._skip = 0        # waits left before polling again
-        self.stats = {"ready": 0, "polled": 0, "parked": 0}
+        self.stats = {"ready": 0, "polled": 0, "parked": 0, "steps": 0}
 
     def _poller(self, fd: int) -> select.poll:
         p = self._polls.get(fd)
@@ -98,6 +107,8 @@ class RequestWaiter:
         if poll(0):
             self._streak += 1
             self.stats["ready"] += 1
+            return
+        if self.idle is not None and await self._idle_work(poll):
             return
         if self.window:
             if self._skip:
@@ -120,6 +131,24 @@ class RequestWaiter:
         await trio.lowlevel.wait_readable(fd)
 
 
+    async def _idle_work(self, poll) -> bool:
+        """Run idle steps until a request comes (True) or there is no work (False)."""
+        step = self.idle.step
+        clock = time.perf_counter
+        while True:
+            end = clock() + IDLE_SLICE
+            while clock() < end:
+                if not step():
+                    return False
+                self.stats["steps"] += 1
+                if poll(0):
+                    self._streak += 1
+                    self.stats["polled"] += 1
+                    return True
+            self._streak = 0
+            await trio.lowlevel.checkpoint()
+
+
 def shim(waiter: RequestWaiter) -> types.SimpleNamespace:
     """The namespace pyfuse3 uses as ``trio``: trio itself but for ``Lock`` and
     ``lowlevel.wait_readable`` (``waiter``'s)."""
@@ -136,11 +165,12 @@ def shim(waiter: RequestWaiter) -> types.SimpleNamespace:
         to_thread=trio.to_thread, sleep=trio.sleep, run=trio.run)
 
 
-def install(busy_poll_us: int = DEFAULT_BUSY_POLL_US) -> RequestWaiter:
+def install(busy_poll_us: int = DEFAULT_BUSY_POLL_US, idle=None) -> RequestWaiter:
     """Make pyfuse3's request loop use :func:`shim`; call before ``pyfuse3.main()``.
-    Returns the waiter (its ``stats`` tell how requests arrived)."""
+    ``idle``: see :class:`RequestWaiter`. Returns the waiter (its ``stats`` tell how
+    requests arrived)."""
     import pyfuse3
 
-    waiter = RequestWaiter(busy_poll_us)
+    waiter = RequestWaiter(busy_poll_us, idle)
     pyfuse3.trio = shim(waiter)
     return waiter

@@ -98,7 +98,7 @@ async def _serve(ops: Operations, store: Store, mountpoint: str) -> None:
 
 
 def _run(store_path: str, mountpoint: str, allow_other: bool, debug: bool, ready_fd: int | None,
-         busy_poll_us: int = DEFAULT_BUSY_POLL_US) -> int:
+         busy_poll_us: int = DEFAULT_BUSY_POLL_US, dir_readahead: bool = True) -> int:
     def ready(msg: str) -> None:
         if ready_fd is not None:
             os.write(ready_fd, msg.encode()[:4000])
@@ -112,6 +112,7 @@ def _run(store_path: str, mountpoint: str, allow_other: bool, debug: bool, ready
             log.info("freed %d orphaned inodes left by an earlier run", reaped)
         ops = Operations(engine, os.getuid())
         ops.ctrl = Controller(ops)
+        ops.prefetch.enabled = dir_readahead
         options = set(pyfuse3.default_options)
         options |= {f"fsname=mimeifs:{store.path}", "subtype=mimeifs"}
         if allow_other:
@@ -129,7 +130,7 @@ def _run(store_path: str, mountpoint: str, allow_other: bool, debug: bool, ready
     log.info("mounted %s at %s (pid %d)", store.path, mountpoint, os.getpid())
     ready("ok")
     code = 0
-    waiter = install_loop(busy_poll_us)
+    waiter = install_loop(busy_poll_us, idle=ops.prefetch)
     try:
         trio.run(_serve, ops, store, mountpoint)
     except BaseException:
@@ -138,6 +139,9 @@ def _run(store_path: str, mountpoint: str, allow_other: bool, debug: bool, ready
     finally:
         log.info("requests: %(ready)d waiting, %(polled)d caught by busy-polling, "
                  "%(parked)d after sleeping", waiter.stats)
+        log.info("directory readahead: %(dirs)d directories, %(files)d files, %(bytes)d bytes "
+                 "pushed, %(dropped)d directories skipped", ops.prefetch.stats)
+        log.info("idle steps: %d", waiter.stats["steps"])
         try:
             pyfuse3.close(unmount=True)
         except Exception:
@@ -153,10 +157,11 @@ def _run(store_path: str, mountpoint: str, allow_other: bool, debug: bool, ready
 
 def mount(store_path: str, mountpoint: str, foreground: bool = False,
           allow_other: bool = False, debug: bool = False,
-          busy_poll_us: int = DEFAULT_BUSY_POLL_US) -> int:
+          busy_poll_us: int = DEFAULT_BUSY_POLL_US, dir_readahead: bool = True) -> int:
     """Mount the store at ``mountpoint``. Foreground: serve until unmounted and return
     the exit code. Background: return 0 once mounted; raise :class:`MountError` else.
-    ``busy_poll_us``: see :mod:`mimeifs.fuse.loop` (0 turns busy-polling off)."""
+    ``busy_poll_us``: see :mod:`mimeifs.fuse.loop` (0 turns busy-polling off).
+    ``dir_readahead``: see :mod:`mimeifs.fuse.prefetch`."""
     mountpoint = os.path.abspath(mountpoint)
     clear_stale(mountpoint)
     if not os.path.isdir(mountpoint):
@@ -171,7 +176,7 @@ def mount(store_path: str, mountpoint: str, foreground: bool = False,
     if foreground:
         logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, stream=sys.stderr,
                             format="%(asctime)s %(name)s %(levelname)s %(message)s")
-        return _run(store_path, mountpoint, allow_other, debug, None, busy_poll_us)
+        return _run(store_path, mountpoint, allow_other, debug, None, busy_poll_us, dir_readahead)
     r, w = os.pipe()
     pid = os.fork()
     if pid:
@@ -203,7 +208,7 @@ def mount(store_path: str, mountpoint: str, foreground: bool = False,
         logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, stream=sys.stderr,
                             format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s",
                             force=True)
-        code = _run(store_path, mountpoint, allow_other, debug, w, busy_poll_us)
+        code = _run(store_path, mountpoint, allow_other, debug, w, busy_poll_us, dir_readahead)
     except BaseException:
         code = 1
     os._exit(code)

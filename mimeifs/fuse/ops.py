@@ -42,6 +42,7 @@ from .. import ids
 from ..engine import blocks, objects
 from ..engine.mimei import Engine, MiMeiError
 from ..engine.worktree import Inode
+from .prefetch import DirPrefetch
 
 log = logging.getLogger("mimeifs.fuse")
 
@@ -67,6 +68,11 @@ def vino(*parts) -> int:
         b = p if isinstance(p, bytes) else str(p).encode()
         h.update(len(b).to_bytes(4, "big") + b)
     return _VIRT | (int.from_bytes(h.digest()[:8], "big") & _MASK)
+
+
+def _ver_ino(d: "VNode", d_ino: int, name: bytes) -> int:
+    """Inode number of entry ``name`` of version directory ``d`` (inode ``d_ino``)."""
+    return vino("ver", d.mimei, d.n, d_ino, name)
 
 
 @dataclass
@@ -134,6 +140,8 @@ class Operations(pyfuse3.Operations):
         self.start_ns = time.time_ns()
         engine.is_open = self._in_use
         self.ctrl = None  # set by mount: a control.Controller
+        self.prefetch = DirPrefetch(engine.read_content, pyfuse3.notify_store,
+                                    lambda ino: self.opens.get(ino, 0) > 0)
 
     # ------------------------------------------------------------------ bookkeeping
     def _in_use(self, ino: int) -> bool:
@@ -325,7 +333,7 @@ class Operations(pyfuse3.Operations):
             e = t.get(name)
             if e is None:
                 raise _err(errno.ENOENT)
-            return self._register(vino("ver", v.mimei, v.n, parent, name),
+            return self._register(_ver_ino(v, parent, name),
                                   VNode("ver", v.mimei, v.n, e, parent=parent))
         raise _err(errno.ENOTDIR)
 
@@ -433,7 +441,7 @@ class Operations(pyfuse3.Operations):
             t = self.e.tree(v.entry.hash)
             out = []
             for e in t.entries:
-                i = self._register(vino("ver", v.mimei, v.n, ino, e.name),
+                i = self._register(_ver_ino(v, ino, e.name),
                                    VNode("ver", v.mimei, v.n, e, parent=ino))
                 out.append((e.name, self._entry_attr(i, e)))
             return out
@@ -592,6 +600,9 @@ class Operations(pyfuse3.Operations):
             if v.kind == "info":
                 v.data = self._info_bytes(v.mimei)
                 return pyfuse3.FileInfo(fh=inode, direct_io=True)
+            if v.kind == "ver":
+                d = v.parent
+                self.prefetch.opened(d, lambda: self._readahead_list(d, inode))
             return pyfuse3.FileInfo(fh=inode, keep_cache=True)
         if inode <= CTRL:
             raise _err(errno.EISDIR)
@@ -605,6 +616,18 @@ class Operations(pyfuse3.Operations):
                 self.wt.setattr(inode, size=0)
         self.opens[inode] = self.opens.get(inode, 0) + 1
         return pyfuse3.FileInfo(fh=inode, keep_cache=False)
+
+    def _readahead_list(self, d_ino: int, skip: int):
+        """(inode, hash, size) of the files of version directory ``d_ino`` that the
+        kernel holds an inode for, but ``skip``: what :class:`DirPrefetch` may push."""
+        d = self.vnodes.get(d_ino)
+        if d is None or d.kind != "ver" or not d.entry.is_dir:
+            return
+        for e in self.e.tree(d.entry.hash).entries:
+            if e.is_file:
+                ino = _ver_ino(d, d_ino, e.name)
+                if ino != skip and self.lookups.get(ino):
+                    yield ino, e.hash, e.size
 
     @handler
     async def read(self, fh, off, size):

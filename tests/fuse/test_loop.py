@@ -37,7 +37,7 @@ def test_request_already_there_returns_without_polling_or_parking():
         os.write(w, b"x")
         await waiter.wait_readable(r)
         return waiter.stats
-    assert _run_with_pipe(main) == {"ready": 1, "polled": 0, "parked": 0}
+    assert _run_with_pipe(main) == {"ready": 1, "polled": 0, "parked": 0, "steps": 0}
 
 
 def test_request_arriving_within_the_window_is_caught_by_polling():
@@ -49,7 +49,7 @@ def test_request_arriving_within_the_window_is_caught_by_polling():
         t.join()
         return waiter.stats, time.monotonic() - t0
     stats, dt = _run_with_pipe(main)
-    assert stats == {"ready": 0, "polled": 1, "parked": 0}
+    assert stats == {"ready": 0, "polled": 1, "parked": 0, "steps": 0}
     assert dt < 1.5
 
 
@@ -61,7 +61,7 @@ def test_request_after_the_window_is_waited_for_in_trio():
         t.join()
         assert os.read(r, 1) == b"x"
         return waiter.stats
-    assert _run_with_pipe(main) == {"ready": 0, "polled": 0, "parked": 1}
+    assert _run_with_pipe(main) == {"ready": 0, "polled": 0, "parked": 1, "steps": 0}
 
 
 def test_polling_backs_off_after_misses_and_comes_back():
