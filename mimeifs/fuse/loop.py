@@ -40,12 +40,15 @@ machine (it sleeps between requests).
 
 from __future__ import annotations
 
+import logging
 import os
 import select
 import time
 import types
 
 import trio
+
+log = logging.getLogger("mimeifs.loop")
 
 DEFAULT_BUSY_POLL_US = 100
 MISSES_TO_BACK_OFF = 8
@@ -144,7 +147,13 @@ class RequestWaiter:
         while True:
             end = clock() + IDLE_SLICE
             while clock() < end:
-                if not step():
+                try:
+                    more = step()
+                except Exception:   # never let idle work take the request loop down
+                    log.exception("idle work failed; turning it off")
+                    self.idle = None
+                    return False
+                if not more:
                     return False
                 self.stats["steps"] += 1
                 if poll(0):

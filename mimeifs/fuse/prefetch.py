@@ -140,5 +140,8 @@ class DirPrefetch:
             elif e.errno != errno.ENOENT:   # ENOENT: the kernel forgot the inode
                 log.warning("notify store of inode %d: %s", ino, e)
             return
+        except Exception:   # the request loop calls us: nothing may escape
+            log.exception("notify store of inode %d", ino)
+            return
         self.stats["files"] += 1
         self.stats["bytes"] += size

@@ -184,3 +184,34 @@ def test_mount_serves_with_and_without_busy_polling(tmp_path, busy_poll_us):
         wait_for(lambda: not m.alive(), 10, "daemon exit")
     finally:
         m.cleanup(remove_mountpoint=True)
+
+
+def test_idle_work_runs_between_polls_and_a_failing_hook_is_dropped():
+    class Work:
+        def __init__(self, n, fail_at=None):
+            self.left, self.done, self.fail_at = n, 0, fail_at
+
+        def step(self):
+            if self.done == self.fail_at:
+                raise RuntimeError("bug in idle work")
+            if not self.left:
+                return False
+            self.left -= 1
+            self.done += 1
+            return True
+
+    async def main(r, w):
+        work = Work(50)
+        waiter = loop.RequestWaiter(busy_poll_us=1000, idle=work)
+        t = _write_later(w, 0.05)
+        await waiter.wait_readable(r)    # all 50 steps, then polls, then the request
+        t.join()
+        os.read(r, 1)
+        assert work.done == 50 and waiter.stats["steps"] == 50
+        bad = Work(10, fail_at=3)
+        waiter.idle = bad
+        t = _write_later(w, 0.01)
+        await waiter.wait_readable(r)
+        t.join()
+        assert bad.done == 3 and waiter.idle is None
+    _run_with_pipe(main)

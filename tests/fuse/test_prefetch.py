@@ -29,7 +29,10 @@ class Fake:
 
     def store(self, ino, off, data):
         if ino in self.store_errors:
-            raise OSError(self.store_errors[ino], os.strerror(self.store_errors[ino]))
+            code = self.store_errors[ino]
+            if code is None:
+                raise RuntimeError("binding bug")
+            raise OSError(code, os.strerror(code))
         self.stored.append((ino, off, data))
 
     def prefetch(self, **kw):
@@ -62,11 +65,13 @@ def test_pushes_small_files_of_a_directory_once_within_the_limits():
 
 
 def test_errors_skip_the_file_and_enosys_turns_it_off():
-    f = Fake(store_errors={2: errno.ENOENT}, bad={b"x"})
+    f = Fake(store_errors={2: errno.ENOENT, 4: errno.EIO, 5: None}, bad={b"x"})
     p = f.prefetch()
-    p.opened(1, lambda: [(1, b"x", 5), (2, b"a", 5), (3, b"b", 5)])
+    p.opened(1, lambda: [(1, b"x", 5), (2, b"a", 5), (3, b"b", 5), (4, b"c", 5),
+                         (5, b"d", 5), (6, b"e", 5)])
     drain(p)
-    assert [i for i, _, _ in f.stored] == [3]
+    assert [i for i, _, _ in f.stored] == [3, 6]
+    assert p.enabled
 
     f2 = Fake(store_errors={1: errno.ENOSYS})
     p2 = f2.prefetch()
