@@ -36,6 +36,11 @@ venv_ok() {
     rm -rf "$t"; return 1
 }
 if command -v "$PY" >/dev/null 2>&1 && ! venv_ok; then PKGS+=(python3-venv); fi
+# fincore (page-cache residency, for the readahead test): util-linux-extra on Debian 12+,
+# part of util-linux on older releases
+if ! command -v fincore >/dev/null 2>&1 && apt-cache show util-linux-extra >/dev/null 2>&1; then
+    PKGS+=(util-linux-extra)
+fi
 
 missing=()
 for p in "${PKGS[@]}"; do
