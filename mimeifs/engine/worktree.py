@@ -369,14 +369,14 @@ class Worktree:
             s, e = max(offset, pstart), min(end, pstart + PAGE)
             if s == pstart and (e == pstart + PAGE or e >= node.size):
                 # covers the page from its start to its end or to (past) the old EOF:
-                # no old byte of this page survives
-                page = bytes(mv[s - offset:e - offset])
+                # no old byte of this page survives (LMDB copies the view: no copy here)
+                page = mv[s - offset:e - offset]
             else:
                 buf = bytearray(self.page_bytes(txn, node, p))
                 if len(buf) < e - pstart:
                     buf.extend(bytes(e - pstart - len(buf)))
                 buf[s - pstart:e - pstart] = mv[s - offset:e - offset]
-                page = bytes(buf)
+                page = buf
             txn.put(pre + _Q.pack(p), page, db=self.d_pages)
             p += 1
         if end > node.size:
