@@ -31,8 +31,9 @@ cur      In ``cur`` of an empty fs MiMei and in pyfuse3's own example passthroug
          included, no fsync) and cold read of 1 GiB; create (open/write 4 KiB/close),
          ``ls -l`` (cold), stat (cold, then warm), read (cold) and delete of 10,000
          4 KiB files. s3ql 6.3's numbers on this machine kind are the second anchor.
-         Right before the timed write and the cold read, every tool alike, 4 GiB of
-         anonymous memory is touched and freed (``touch_free_memory``). This VM's
+         Right before the timed write and after every cache drop (so before every
+         cold measurement of the read and cur sections), every tool alike, up to 4 GiB
+         of anonymous memory is touched and freed (``touch_free_memory``). This VM's
          virtio balloon reports free pages to the host, which then discards them; the
          next first touch of each such page costs a host page fault. Measured: the same
          1 GiB ``dd`` into cur took 9.3 s cold, 2.9 s right after touching 6 GiB, and
@@ -139,13 +140,17 @@ def touch_free_memory(nbytes: int = 4 << 30) -> None:
 
 
 def drop_caches() -> bool:
+    """Make the next step cold: sync, drop the kernel's caches, then touch free memory
+    (:func:`touch_free_memory`) so no tool pays the host for pages the drop freed."""
     os.sync()
     try:
         with open("/proc/sys/vm/drop_caches", "w") as f:
             f.write("3\n")
-        return True
+        ok = True
     except OSError:
-        return False
+        ok = False
+    touch_free_memory()
+    return ok
 
 
 def mounts_under(prefix: str) -> list[str]:
@@ -653,7 +658,6 @@ class Bench:
             if os.path.getsize(seq) != self.seq_size:
                 raise StepError(f"{tool}: seq.bin has {os.path.getsize(seq)} bytes")
             drop_caches()
-            touch_free_memory()
             dt, _ = run(["dd", f"if={seq}", "of=/dev/null", "bs=1M", "status=none"], self.T)
             r["read_cold_s"] = round(dt, 3)
             r["read_cold_MiBps"] = round(self.seq_size / MiB / dt, 1)
