@@ -33,8 +33,8 @@ cur      In ``cur`` of an empty fs MiMei and in pyfuse3's own example passthroug
          4 KiB files. s3ql 6.3's numbers on this machine kind are the second anchor.
          Right before each tool's backups, the timed write and after every cache drop
          (so before every cold measurement of the read and cur sections), every tool
-         alike, up to 4 GiB
-         of anonymous memory is touched and freed (``touch_free_memory``). This VM's
+         alike, up to 4 GiB of anonymous memory is touched and freed
+         (``touch_free_memory``). This VM's
          virtio balloon reports free pages to the host, which then discards them; the
          next first touch of each such page costs a host page fault. Measured: the same
          1 GiB ``dd`` into cur took 9.3 s cold, 2.9 s right after touching 6 GiB, and
