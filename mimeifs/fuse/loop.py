@@ -18,19 +18,21 @@ all of them but two:
   wake-up. On this project's 2-core VM a sleep/wake-up across cores costs ~70 µs, and
   trio's park-and-wake ~50 µs of Python on top.
 
-  Idle work: while it polls, the waiter runs its ``idle`` hook's ``step()`` between polls
-  (the directory readahead of :mod:`mimeifs.fuse.prefetch`), so the time spent waiting
-  for the next request does useful work; a request that arrives is taken after at most
-  one step. After ``IDLE_SLICE`` seconds of steps it lets trio run once.
+  Idle work: before polling (whatever the polling window, 0 included), the waiter runs
+  its ``idle`` hook's ``step()`` with a poll after each step (the directory readahead of
+  :mod:`mimeifs.fuse.prefetch`), so the time spent waiting for the next request does
+  useful work; a request that arrives is taken after at most one step. After
+  ``IDLE_SLICE`` seconds of steps it lets trio run once.
 
   Adaptive: after ``MISSES_TO_BACK_OFF`` polls in a row that ran out of time, polling
   stops for the next ``BACK_OFF_WAITS`` waits. So an idle mount or a slow client costs
   at most a few polls per hundred requests. Each poll is preceded by ``sched_yield``:
   when another thread wants this core (the kernel's writeback of the store, the client
   itself), it gets it. Without the yield, 1 GiB written to cur took twice as long
-  (2.5 s against 1.2 s), and with it the poll costs nothing measurable. Every ``FAIRNESS_EVERY`` requests taken
-  without parking, the task yields once (``trio.lowlevel.checkpoint``) so that timers,
-  thread completions and the control socket keep running.
+  (2.5 s against 1.2 s), and with it the poll costs nothing measurable. Every
+  ``FAIRNESS_EVERY`` requests taken without parking, the task yields once
+  (``trio.lowlevel.checkpoint``) so that timers, thread completions and the control
+  socket keep running.
 
 Measured (``tools/bench_loop.py``, a do-nothing pyfuse3 filesystem, lookup + getxattr per
 call, 2-core VM): stock loop 293 µs per call; this loop with polling off 246 µs, with
@@ -98,6 +100,11 @@ class RequestWaiter:
         self._skip = 0        # waits left before polling again
         self.stats = {"ready": 0, "polled": 0, "parked": 0, "steps": 0}
 
+    def _took(self, how: str) -> None:
+        """A request is there without a trip through trio: count it as ``how``."""
+        self._streak += 1
+        self.stats[how] += 1
+
     def _poller(self, fd: int) -> select.poll:
         p = self._polls.get(fd)
         if p is None:
@@ -113,8 +120,7 @@ class RequestWaiter:
             await trio.lowlevel.checkpoint()
         poll = self._poller(fd).poll
         if poll(0):
-            self._streak += 1
-            self.stats["ready"] += 1
+            self._took("ready")
             return
         if self.idle is not None and await self._idle_work(poll):
             return
@@ -128,8 +134,7 @@ class RequestWaiter:
                     os.sched_yield()
                     if poll(0):
                         self._misses = 0
-                        self._streak += 1
-                        self.stats["polled"] += 1
+                        self._took("polled")
                         return
                 self._misses += 1
                 if self._misses >= MISSES_TO_BACK_OFF:
@@ -138,7 +143,6 @@ class RequestWaiter:
         self._streak = 0
         self.stats["parked"] += 1
         await trio.lowlevel.wait_readable(fd)
-
 
     async def _idle_work(self, poll) -> bool:
         """Run idle steps until a request comes (True) or there is no work (False)."""
@@ -157,8 +161,7 @@ class RequestWaiter:
                     return False
                 self.stats["steps"] += 1
                 if poll(0):
-                    self._streak += 1
-                    self.stats["polled"] += 1
+                    self._took("polled")
                     return True
             self._streak = 0
             await trio.lowlevel.checkpoint()
@@ -172,12 +175,9 @@ def shim(waiter: RequestWaiter) -> types.SimpleNamespace:
         wait_readable=waiter.wait_readable,
         notify_closing=trio.lowlevel.notify_closing,
         current_task=trio.lowlevel.current_task,
-        checkpoint=trio.lowlevel.checkpoint,
     )
-    return types.SimpleNamespace(
-        lowlevel=lowlevel, Lock=Lock, open_nursery=trio.open_nursery,
-        ClosedResourceError=trio.ClosedResourceError, from_thread=trio.from_thread,
-        to_thread=trio.to_thread, sleep=trio.sleep, run=trio.run)
+    return types.SimpleNamespace(lowlevel=lowlevel, Lock=Lock, open_nursery=trio.open_nursery,
+                                 ClosedResourceError=trio.ClosedResourceError)
 
 
 def install(busy_poll_us: int = DEFAULT_BUSY_POLL_US, idle=None) -> RequestWaiter:

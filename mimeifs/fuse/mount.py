@@ -138,10 +138,9 @@ def _run(store_path: str, mountpoint: str, allow_other: bool, debug: bool, ready
         code = 1
     finally:
         log.info("requests: %(ready)d waiting, %(polled)d caught by busy-polling, "
-                 "%(parked)d after sleeping", waiter.stats)
+                 "%(parked)d after sleeping; %(steps)d idle steps", waiter.stats)
         log.info("directory readahead: %(dirs)d directories, %(files)d files, %(bytes)d bytes "
-                 "pushed, %(dropped)d directories skipped", ops.prefetch.stats)
-        log.info("idle steps: %d", waiter.stats["steps"])
+                 "pushed; queue full at %(dropped)d opens", ops.prefetch.stats)
         try:
             pyfuse3.close(unmount=True)
         except Exception:

@@ -52,8 +52,9 @@ class DirPrefetch:
     ``store(inode, offset, data)`` is ``pyfuse3.notify_store`` (raises OSError; ENOENT
     when the kernel has dropped the inode, ENOSYS on a kernel without notify store);
     ``is_open(inode) -> bool`` says whether the file has an OPEN without its RELEASE.
-    ``stats``: ``dirs`` queued, ``files`` and ``bytes`` pushed, ``dropped`` directories
-    not queued because ``QUEUE`` were already waiting.
+    ``stats``: ``dirs`` queued, ``files`` and ``bytes`` pushed, ``dropped`` opens whose
+    directory could not be queued because ``QUEUE`` were already waiting (such a
+    directory is tried again at its next open, so one directory may count many times).
     """
 
     def __init__(self, read: Callable[[bytes, int, int], bytes],
