@@ -234,18 +234,25 @@ def umount(mountpoint):
 @click.pass_context
 def import_(ctx, src, spec, delete, do_backup, memo):
     """Copy directory SRC into cur of a MiMei, straight through the engine."""
-    from .engine.importer import Importer, scan_size
-    from .engine.mimei import MiMeiError
-    mid = _resolve(ctx, spec)
-    bar = _progress(scan_size(src)[1], "import") if sys.stderr.isatty() else None
-    t0 = time.monotonic()
+    from .engine.scan import walk_ahead
+    ahead = walk_ahead(src)  # first: the child lists SRC while this process starts up
     try:
-        st = Importer(_engine(ctx), delete=delete, progress=bar.update if bar else None).run(src, mid)
-    except (OSError, MiMeiError) as e:
-        raise _fail(f"import: {e}") from None
+        from .engine.importer import Importer, scan_size
+        from .engine.mimei import MiMeiError
+        mid = _resolve(ctx, spec)
+        bar = _progress(scan_size(src)[1], "import") if sys.stderr.isatty() else None
+        t0 = time.monotonic()
+        try:
+            st = Importer(_engine(ctx), delete=delete, progress=bar.update if bar else None).run(
+                src, mid, ahead=ahead, sync=not do_backup)  # the backup syncs both
+        except (OSError, MiMeiError) as e:
+            raise _fail(f"import: {e}") from None
+        finally:
+            if bar:
+                bar.close()
     finally:
-        if bar:
-            bar.close()
+        if ahead is not None:
+            ahead.close()
     dt = time.monotonic() - t0
     for err in st["errors"][:20]:
         click.echo(f"warning: {err}", err=True)

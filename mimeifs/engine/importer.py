@@ -25,7 +25,8 @@ from typing import Callable
 
 import blake3
 
-from . import blocks, objects, packs
+from . import blocks, objects, packs, scan
+from .scan import Stat
 from .objects import Manifest
 from .worktree import ZERO32, Inode, Worktree, fserr, ikey, raw_mode, same_attrs, unchanged_file
 
@@ -212,6 +213,7 @@ class Importer:
         self._queued = 0
         self._procs: concurrent.futures.ProcessPoolExecutor | None = None
         self._run_chunks = _RunChunks()  # chunk hashes this run stored, for the workers
+        self._ahead: scan.StatAhead | None = None  # lists directories before _sync_dir
 
     # -- transactions -----------------------------------------------------------------
     def _txn(self):
@@ -226,18 +228,26 @@ class Importer:
             self.txn.commit()
             self.txn = None
 
-    def run(self, src: str, mimei: str) -> dict:
-        """Import ``src`` into cur of ``mimei``. Raises OSError, MiMeiError."""
-        m20 = bytes.fromhex(mimei)
-        if not self.e.can_write(m20):
-            raise fserr(errno.EACCES, f"{mimei} was not authored by this node")
-        root_ino = self.e.state(mimei)["cur"]
+    def run(self, src: str, mimei: str, ahead: scan.StatAhead | None = None,
+            sync: bool = True) -> dict:
+        """Import ``src`` into cur of ``mimei``. Raises OSError, MiMeiError.
+
+        ``ahead`` is a walk of ``src`` already started (:func:`scan.walk_ahead`; the
+        CLI forks it before its own start-up); this run closes it. ``sync=False``
+        leaves the fsync to the caller (a backup that follows syncs anyway)."""
+        self._ahead = ahead
         try:
+            m20 = bytes.fromhex(mimei)
+            if not self.e.can_write(m20):
+                raise fserr(errno.EACCES, f"{mimei} was not authored by this node")
+            root_ino = self.e.state(mimei)["cur"]
             st = os.stat(src)
             root = self.wt.getattr(root_ino)
             if root.is_dir:
                 if not stat.S_ISDIR(st.st_mode):
                     raise fserr(errno.ENOTDIR, f"{src}: an fs MiMei imports a directory")
+                if self._ahead is None:
+                    self._ahead = scan.walk_ahead(src)
                 self._sync_dir(os.fsencode(src), root_ino)
                 self._submit()
                 self._drain(0)
@@ -252,10 +262,14 @@ class Importer:
                 self.txn = None
             raise
         finally:
+            if self._ahead is not None:
+                self._ahead.close()
+                self._ahead = None
             if self._procs is not None:
                 self._procs.shutdown(wait=True, cancel_futures=True)
                 self._procs = None
-        self.store.sync()
+        if sync:
+            self.store.sync()
         return self.stats
 
     # -- the walk ---------------------------------------------------------------------
@@ -263,36 +277,36 @@ class Importer:
         """Make cur directory ``ino`` mirror OS directory ``path`` (bytes: names are
         bytes in cur, and scandir on bytes skips a decode and encode per entry)."""
         wt = self.wt
-        try:
-            with os.scandir(path) as it:
-                des = list(it)  # unsorted: order only decides new inode numbers
+        try:  # unsorted: order only decides new inode numbers
+            listing = self._ahead.take(path) if self._ahead else scan.scan_dir(path)
         except OSError as e:
             self.stats["errors"].append(f"{os.fsdecode(path)}: {e.strerror}")
             return
         txn = self._txn()  # nothing in the loop commits: one transaction throughout
-        existing = wt.child_map(txn, ino)
+        existing = wt.child_keys(txn, ino)
         pending = []
         subdirs = []
         d_inodes = wt.d_inodes
-        for de in des:
-            name = de.name
-            try:
-                st = de.stat(follow_symlinks=False)
-            except OSError as e:
-                self.stats["errors"].append(f"{os.fsdecode(de.path)}: {e.strerror}")
+        join = os.path.join
+        for name, st in listing:
+            if type(st) is not tuple:
+                self.stats["errors"].append(f"{os.fsdecode(join(path, name))}: {st.strerror}")
                 continue
-            cino = existing.pop(name, None)
-            if cino is not None:
+            key = existing.pop(name, None)
+            if key is not None:
                 # the common cases of a re-import, decided on the raw inode bytes
-                raw = txn.get(ikey(cino), db=d_inodes)
+                raw = txn.get(key, db=d_inodes)
                 if unchanged_file(raw, st):
                     self.stats["skipped"] += 1
                     continue
+                cino = int.from_bytes(key, "big")
+                st = Stat._make(st)
                 if raw is not None and stat.S_ISDIR(st.st_mode) and stat.S_ISDIR(raw_mode(raw)):
-                    subdirs.append((de.path, cino, st))
+                    subdirs.append((join(path, name), cino, st))
                     continue
                 node = Inode.unpack(cino, raw) if raw is not None else wt.get(txn, cino)  # ENOENT
             else:
+                st = Stat._make(st)
                 node = None
             if node is not None and stat.S_IFMT(node.mode) != stat.S_IFMT(st.st_mode):
                 wt.remove_tree(txn, ino, name, node, self.e.is_open)
@@ -302,16 +316,16 @@ class Importer:
                     node = wt.new_inode(txn, wt.get(txn, ino).mimei, st.st_mode, st.st_uid, st.st_gid)
                     wt.link_entry(txn, ino, name, node)
                     wt.dirty_up(txn, node.ino)
-                subdirs.append((de.path, node.ino, st))
+                subdirs.append((os.path.join(path, name), node.ino, st))
             elif stat.S_ISREG(st.st_mode):
                 if (node is not None and node.size == st.st_size and node.mtime_ns == st.st_mtime_ns
                         and node.frozen != ZERO32):
                     self.stats["skipped"] += 1
                     self._set_attrs(txn, node, st)
                     continue
-                pending.append((de.path, st, node.ino if node else None, ino, name))
+                pending.append((os.path.join(path, name), st, node.ino if node else None, ino, name))
             else:
-                target = os.readlink(de.path) if stat.S_ISLNK(st.st_mode) else b""
+                target = os.readlink(os.path.join(path, name)) if stat.S_ISLNK(st.st_mode) else b""
                 if node is not None and (node.target != target or node.rdev != st.st_rdev):
                     wt.remove_tree(txn, ino, name, node, self.e.is_open)
                     node = None
@@ -325,11 +339,14 @@ class Importer:
             self._queue(item)
         txn = self._txn()
         if self.delete and existing:
-            for name, cino in existing.items():
-                wt.remove_tree(txn, ino, name, wt.get(txn, cino), self.e.is_open)
+            for name, key in existing.items():
+                wt.remove_tree(txn, ino, name, wt.get(txn, int.from_bytes(key, "big")),
+                               self.e.is_open)
                 self.stats["removed"] += 1
             wt.touched(txn, wt.get(txn, ino), content=True)
         self._maybe_commit()
+        if self._inflight and self._inflight[0][0].done():
+            self._drain(0, done_only=True)  # store what workers finished while we walked
         for p, cino, st in subdirs:
             self.stats["dirs"] += 1
             self._sync_dir(p, cino)
@@ -380,12 +397,15 @@ class Importer:
                                          run.recent()), items))
         self._drain(self.MAX_INFLIGHT)
 
-    def _drain(self, keep: int) -> None:
+    def _drain(self, keep: int, done_only: bool = False) -> None:
         """Store finished batches, oldest first, until at most ``keep`` are in flight
-        (``keep=0`` first submits a batch :meth:`_submit` held back)."""
-        if keep == 0 and self._batch:
+        (``keep=0`` first submits a batch :meth:`_submit` held back). ``done_only``
+        stops at the first batch still running instead of waiting for it."""
+        if keep == 0 and self._batch and not done_only:
             self._submit(force=True)
         while len(self._inflight) > keep:
+            if done_only and not self._inflight[0][0].done():
+                return
             fut, items = self._inflight.popleft()
             try:
                 results, batch_packs = fut.result()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import operator
 import stat
 import struct
 import threading
@@ -132,21 +133,39 @@ class Tree:
         return None if i is None else self.entries[i]
 
 
+_EHEAD = struct.Struct(">IIIQqQB")   # the fixed fields, then the hash's length byte
+_U16, _U32 = struct.Struct(">H"), struct.Struct(">I")
+_NO_TAIL = bytes(6)                   # target length 0 (u16), xattr bytes 0 (u32)
+_by_name = operator.itemgetter(0)
+
+
 def encode_tree(entries: Sequence[Entry]) -> tuple[bytes, bytes]:
-    """Encode entries (sorted here by name): returns (tree hash, encoding)."""
-    parts = [b"T", struct.pack(">I", len(entries))]
-    for e in sorted(entries, key=lambda e: e.name):
-        parts.append(struct.pack(">H", len(e.name)))
-        parts.append(e.name)
-        parts.append(_EFIX.pack(e.mode, e.uid, e.gid, e.size, e.mtime_ns, e.rdev))
-        parts.append(bytes([len(e.hash)]))
-        parts.append(e.hash)
-        parts.append(struct.pack(">H", len(e.target)))
-        parts.append(e.target)
-        xb = b"".join(struct.pack(">H", len(k)) + k + struct.pack(">I", len(v)) + v
-                      for k, v in e.xattrs)
-        parts.append(struct.pack(">I", len(xb)))
-        parts.append(xb)
+    """Encode entries (sorted here by name): returns (tree hash, encoding).
+
+    Layout: ``b"T"``, count (u32), then per entry: name length (u16), name, mode uid
+    gid (u32), size (u64), mtime_ns (i64), rdev (u64), hash length (u8), hash, target
+    length (u16), target, xattr bytes (u32), xattrs as (key length u16, key, value
+    length u32, value). Big-endian. The hash is blake3 keyed by :data:`TREE_CONTEXT`.
+    A backup encodes every entry of every dirty directory, so the common entry (no
+    target, no xattrs) takes one ``pack`` and a constant tail.
+    """
+    parts = [b"T", _U32.pack(len(entries))]
+    ap = parts.append
+    head, u16, u32 = _EHEAD.pack, _U16.pack, _U32.pack
+    for e in sorted(entries, key=_by_name):
+        name, h = e.name, e.hash
+        ap(u16(len(name)))
+        ap(name)
+        ap(head(e.mode, e.uid, e.gid, e.size, e.mtime_ns, e.rdev, len(h)))
+        ap(h)
+        if not e.target and not e.xattrs:
+            ap(_NO_TAIL)
+            continue
+        ap(u16(len(e.target)))
+        ap(e.target)
+        xb = b"".join(u16(len(k)) + k + u32(len(v)) + v for k, v in e.xattrs)
+        ap(u32(len(xb)))
+        ap(xb)
     enc = b"".join(parts)
     return blake3.blake3(enc, derive_key_context=TREE_CONTEXT).digest(), enc
 

@@ -44,12 +44,9 @@ NAME_MAX = 255
 _IFIX = struct.Struct(">IIIIIQqqqQQ32s32s20s")
 _Q = struct.Struct(">Q")
 # byte offsets inside a packed inode, for deciding on raw bytes (see unchanged_file)
-_III = struct.Struct(">III")
+# (mode, uid, gid, size, mtime_ns, frozen) of a packed inode, skipping the rest
+_HEAD = struct.Struct(">III8xQ8xq24x32x32s")
 _I = struct.Struct(">I")
-_q = struct.Struct(">q")
-_OFF_SIZE = struct.calcsize(">IIIII")
-_OFF_MTIME = struct.calcsize(">IIIIIQq")  # after mode uid gid nlink flags size atime
-_OFF_FROZEN = struct.calcsize(">IIIIIQqqqQQ32s")
 
 
 def ikey(ino: int) -> bytes:
@@ -105,22 +102,44 @@ class Inode:
         return stat.S_ISLNK(self.mode)
 
 
-def same_attrs(raw: bytes | None, st: os.stat_result) -> bool:
-    """True if ``raw`` (a packed inode, or None) has ``st``'s mode, owner and mtime:
-    what a re-import would copy onto it (decided without unpacking)."""
-    return (raw is not None and raw[:12] == _III.pack(st.st_mode, st.st_uid, st.st_gid)
-            and raw[_OFF_MTIME:_OFF_MTIME + 8] == _q.pack(st.st_mtime_ns))
+def same_attrs(raw: bytes | None, st) -> bool:
+    """True if ``raw`` (a packed inode, or None) has the mode, owner and mtime of
+    ``st`` — a tuple (mode, uid, gid, size, mtime_ns, ...) such as
+    :class:`mimeifs.engine.scan.Stat`: what a re-import would copy onto it (decided
+    without unpacking an :class:`Inode`)."""
+    if raw is None:
+        return False
+    h = _HEAD.unpack_from(raw)
+    return h[:3] == tuple(st[:3]) and h[4] == st[4]
 
 
-def unchanged_file(raw: bytes | None, st: os.stat_result) -> bool:
+def unchanged_file(raw: bytes | None, st) -> bool:
     """True if ``raw`` (a packed inode, or None) is a frozen regular file whose mode,
-    owner, size and mtime equal ``st``'s.
+    owner, size and mtime equal those of ``st`` (a tuple as for :func:`same_attrs`).
 
     The re-import skip rule (size + mtime, as rsync and restic use), decided on the raw
-    LMDB value without unpacking: most files of a re-import take only this path."""
-    return (stat.S_ISREG(st.st_mode) and same_attrs(raw, st)
-            and raw[_OFF_SIZE:_OFF_SIZE + 8] == _Q.pack(st.st_size)
-            and raw[_OFF_FROZEN:_OFF_FROZEN + 32] != ZERO32)
+    LMDB value with one ``unpack_from``: most entries of a re-import take only this
+    path, so it is the importer's inner loop."""
+    if raw is None or not stat.S_ISREG(st[0]):
+        return False
+    h = _HEAD.unpack_from(raw)
+    return h[:5] == tuple(st[:5]) and h[5] != ZERO32
+
+
+def clean_fields(raw: bytes) -> tuple | None:
+    """For a packed inode that a backup can take as it is — a clean regular file or
+    directory (``frozen`` set) without xattrs — (mode, uid, gid, size, mtime_ns, rdev,
+    frozen hash), where size is a directory's total file bytes below (``aux``); None
+    for any other inode. Decided on the raw bytes without building an :class:`Inode`:
+    a backup reads every child of every dirty directory this way."""
+    mode, uid, gid, _nl, flags, size, _a, mtime, _c, rdev, aux, _b, frozen, _m = _IFIX.unpack_from(raw)
+    if flags & 1 or frozen == ZERO32:
+        return None
+    if stat.S_ISREG(mode):
+        return mode, uid, gid, size, mtime, rdev, frozen
+    if stat.S_ISDIR(mode):
+        return mode, uid, gid, aux, mtime, rdev, frozen
+    return None
 
 
 def raw_mode(raw: bytes) -> int:
@@ -246,16 +265,18 @@ class Worktree:
         self.save(txn, node)
         self.dirty_up(txn, node.ino)
 
-    def child_map(self, txn, ino: int) -> dict[bytes, int]:
-        """{name: child inode} of a directory (what a re-import compares against)."""
+    def child_keys(self, txn, ino: int) -> dict[bytes, bytes]:
+        """{name: child's 8-byte inode key} of a directory (what a re-import compares
+        against; the key reads the child's inode without converting the number)."""
         pre = ikey(ino)
-        out: dict[bytes, int] = {}
         with txn.cursor(db=self.d_dirents) as c:
-            if c.set_range(pre):
-                for k, v in c.iternext():
-                    if k[:8] != pre:
-                        break
-                    out[bytes(k[8:])] = int.from_bytes(v, "big")
+            if not c.set_range(pre):
+                return {}
+            out = {}
+            for k, v in c.iternext():
+                if k[:8] != pre:
+                    break
+                out[k[8:]] = v
         return out
 
     def list_dir(self, txn, ino: int) -> list[tuple[bytes, int]]:

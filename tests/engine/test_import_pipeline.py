@@ -46,15 +46,15 @@ def test_reimport_skip_rules_on_raw_inodes(tmp_path):
     import dataclasses
     import stat as st_
 
+    from mimeifs.engine.scan import Stat
     from mimeifs.engine.worktree import ZERO32, Inode, same_attrs, unchanged_file
 
     node = Inode(7, st_.S_IFREG | 0o640, 1000, 100, 1, 0, 12345, 11, 22_000_000_123, 33,
                  0, 12345, b"b" * 32, b"f" * 32, b"m" * 20)
-
-    class St:
-        st_mode, st_uid, st_gid, st_size, st_mtime_ns = node.mode, 1000, 100, 12345, 22_000_000_123
+    St = Stat(node.mode, 1000, 100, 12345, 22_000_000_123, 0)
 
     assert unchanged_file(node.pack(), St) and same_attrs(node.pack(), St)
+    assert unchanged_file(node.pack(), tuple(St))  # the listings' plain tuples
     assert not unchanged_file(None, St) and not same_attrs(None, St)
     for field, value in (("mode", st_.S_IFREG | 0o644), ("uid", 0), ("gid", 0),
                          ("size", 12346), ("mtime_ns", 22_000_000_124)):
@@ -68,8 +68,7 @@ def test_reimport_skip_rules_on_raw_inodes(tmp_path):
     # size is not part of a directory's attributes
     d = dataclasses.replace(node, mode=st_.S_IFDIR | 0o755, size=0)
 
-    class DSt(St):
-        st_mode = d.mode
+    DSt = St._replace(st_mode=d.mode)
     assert same_attrs(d.pack(), DSt) and not unchanged_file(d.pack(), DSt)
 
 
