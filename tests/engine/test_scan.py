@@ -111,3 +111,4 @@ def test_close_mid_walk_reaps_the_child(tmp_path):
     with pytest.raises(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
     ahead.close()  # twice is harmless
+
