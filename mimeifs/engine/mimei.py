@@ -74,7 +74,7 @@ class Engine:
         self._own: dict[bytes, bool] = {}
         self._own_lock = threading.Lock()
         self.chunks = blocks.ChunkCache(chunk_cache_bytes)
-        self.objs = objects.ObjectCache(8192)
+        self.objs = objects.ObjectCache()
         self.wt = Worktree(store, self.can_write, self.chunks, self.objs)
         self.is_open = lambda ino: False
         s = store
@@ -404,6 +404,9 @@ class Engine:
 
     def tree(self, h: bytes) -> objects.Tree:
         """A decoded tree by hash. Raises :class:`blocks.CorruptBlock`."""
+        t = self.objs.cached_tree(h)
+        if t is not None:
+            return t
         with self.store.read() as txn:
             return self.objs.tree(txn, self.d_trees, h)
 

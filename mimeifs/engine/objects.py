@@ -36,7 +36,6 @@ from . import blocks
 TREE_CONTEXT = "mimeifs 2026 tree v1"
 _MHDR = struct.Struct(">QI")
 _MREC = struct.Struct(">32sI")
-_EFIX = struct.Struct(">IIIQqQ")
 
 
 class Entry(NamedTuple):
@@ -119,18 +118,21 @@ def store_manifest(txn, db, m: Manifest) -> None:
 
 
 class Tree:
-    """A decoded directory tree: ``entries`` sorted by name, ``index`` name -> position."""
+    """A decoded directory tree: ``entries`` sorted by name. :meth:`get` finds one by
+    name through an index built on its first use (a listing never needs it)."""
 
-    __slots__ = ("hash", "entries", "index")
+    __slots__ = ("hash", "entries", "_index")
 
     def __init__(self, h: bytes, entries: list[Entry]):
         self.hash = h
         self.entries = entries
-        self.index = {e.name: i for i, e in enumerate(entries)}
+        self._index: dict[bytes, Entry] | None = None
 
     def get(self, name: bytes) -> Entry | None:
-        i = self.index.get(name)
-        return None if i is None else self.entries[i]
+        """The entry called ``name``, or None."""
+        if self._index is None:
+            self._index = {e.name: e for e in self.entries}
+        return self._index.get(name)
 
 
 _EHEAD = struct.Struct(">IIIQqQB")   # the fixed fields, then the hash's length byte
@@ -178,13 +180,17 @@ def decode_tree(h: bytes, enc: bytes) -> Tree:
         (count,) = struct.unpack_from(">I", enc, 1)
         p = 5
         entries = []
-        unpack_h, unpack_fix = struct.Struct(">H").unpack_from, _EFIX.unpack_from
+        unpack_h = _U16.unpack_from
+        head, ehead = _EHEAD.unpack_from, _EHEAD.size
         for _ in range(count):
             (nl,) = unpack_h(enc, p); p += 2
             name = enc[p:p + nl]; p += nl
-            mode, uid, gid, size, mtime, rdev = unpack_fix(enc, p); p += _EFIX.size
-            hl = enc[p]; p += 1
+            mode, uid, gid, size, mtime, rdev, hl = head(enc, p); p += ehead
             hsh = enc[p:p + hl]; p += hl
+            if enc[p:p + 6] == _NO_TAIL:  # no target, no xattrs: most entries
+                p += 6
+                entries.append(Entry(name, mode, uid, gid, size, mtime, rdev, hsh, b"", ()))
+                continue
             (tl,) = unpack_h(enc, p); p += 2
             target = enc[p:p + tl]; p += tl
             (xl,) = struct.unpack_from(">I", enc, p); p += 4
@@ -213,25 +219,37 @@ def store_tree(txn, db, entries: Sequence[Entry]) -> bytes:
 
 
 class ObjectCache:
-    """LRU caches of decoded trees and manifests (immutable, so never stale)."""
+    """An LRU of decoded trees and manifests (immutable, so never stale), bounded by
+    weight: a tree weighs 1 + its entries, a manifest 1 + its chunks (an entry or a
+    chunk reference is ~250 bytes decoded, so the default 262,144 is ~64 MiB at most).
 
-    def __init__(self, max_items: int = 4096):
-        self.max_items = max_items
-        self._d: collections.OrderedDict[bytes, object] = collections.OrderedDict()
+    A count of objects was the bound before: 8,192 trees could not hold the 8,702
+    directories of the benchmark tree, so every ``ls -lR`` decoded them all again, and
+    one directory of 100k entries weighed the same as an empty one."""
+
+    def __init__(self, max_weight: int = 1 << 18):
+        self.max_weight = max_weight
+        self._d: collections.OrderedDict[tuple, tuple[object, int]] = collections.OrderedDict()
+        self._weight = 0
         self._lock = threading.Lock()
 
     def _get(self, key):
         with self._lock:
             v = self._d.get(key)
-            if v is not None:
-                self._d.move_to_end(key)
-            return v
+            if v is None:
+                return None
+            self._d.move_to_end(key)
+            return v[0]
 
-    def _put(self, key, v):
+    def _put(self, key, v, weight: int):
         with self._lock:
-            self._d[key] = v
-            if len(self._d) > self.max_items:
-                self._d.popitem(last=False)
+            if key in self._d:
+                return
+            self._d[key] = (v, weight)
+            self._weight += weight
+            while self._weight > self.max_weight and len(self._d) > 1:
+                _, (_, w) = self._d.popitem(last=False)
+                self._weight -= w
 
     def _load(self, kind: bytes, txn, db, h: bytes, decode):
         key = (kind, h)
@@ -241,8 +259,12 @@ class ObjectCache:
             if raw is None:
                 raise blocks.CorruptBlock(f"missing {'tree' if kind == b'T' else 'manifest'} {h.hex()}")
             v = decode(h, raw)
-            self._put(key, v)
+            self._put(key, v, 1 + len(v.entries if kind == b"T" else v.chunks))
         return v
+
+    def cached_tree(self, h: bytes) -> Tree | None:
+        """The decoded tree ``h`` if cached (no transaction needed), else None."""
+        return self._get((b"T", h))
 
     def tree(self, txn, db, h: bytes) -> Tree:
         """The decoded tree ``h``. Raises :class:`blocks.CorruptBlock` if missing/bad."""

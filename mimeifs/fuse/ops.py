@@ -55,19 +55,38 @@ LONG = 86400.0    # versions, Mac files, fixed dirs; per-MiMei nodes (invalidate
 CUR = 30.0        # cur: changes from outside the daemon (CLI import, restore) invalidate it
 SHORT = 1.0       # name/<mark> links (marks come and go with create and rm)
 
+_S_IFMT, _S_IFDIR = stat.S_IFMT(0o170000), stat.S_IFDIR
 _VIRT = 1 << 62
 _MASK = (1 << 62) - 1
 _MIMEI_XATTRS = (b"user.mimei.id", b"user.mimei.version", b"user.mimei.hash")
 _SELINUX = b"security.selinux"
 
 
-def vino(*parts) -> int:
-    """A stable inode number for a virtual or version node named by ``parts``."""
+def _vino_hasher(parts) -> "blake3.blake3":
     h = blake3.blake3()
     for p in parts:
         b = p if isinstance(p, bytes) else str(p).encode()
         h.update(len(b).to_bytes(4, "big") + b)
-    return _VIRT | (int.from_bytes(h.digest()[:8], "big") & _MASK)
+    return h
+
+
+def vino(*parts) -> int:
+    """A stable inode number for a virtual or version node named by ``parts``: the
+    first 8 bytes of blake3 over the length-prefixed parts, in the virtual range."""
+    return _VIRT | (int.from_bytes(_vino_hasher(parts).digest(length=8), "big") & _MASK)
+
+
+def _ver_inos(d: "VNode", d_ino: int):
+    """``name -> inode number`` for the entries of version directory ``d`` (inode
+    ``d_ino``): equal to ``vino("ver", d.mimei, d.n, d_ino, name)``, with the prefix
+    hashed once per directory and copied per name (listings ask for every entry)."""
+    base = _vino_hasher(("ver", d.mimei, d.n, d_ino))
+
+    def ino(name: bytes) -> int:
+        h = base.copy()
+        h.update(len(name).to_bytes(4, "big") + name)
+        return _VIRT | (int.from_bytes(h.digest(length=8), "big") & _MASK)
+    return ino
 
 
 def _ver_ino(d: "VNode", d_ino: int, name: bytes) -> int:
@@ -75,7 +94,7 @@ def _ver_ino(d: "VNode", d_ino: int, name: bytes) -> int:
     return vino("ver", d.mimei, d.n, d_ino, name)
 
 
-@dataclass
+@dataclass(slots=True)
 class VNode:
     """A node that is not a cur inode. ``kind`` is one of: mimei, vdir, ver, last,
     release, refs, ref, info, namelink, mac. ``entry`` holds a version's DAG entry."""
@@ -213,13 +232,15 @@ class Operations(pyfuse3.Operations):
         """2 + subdirectories, ext4's convention (cur counts the same way)."""
         n = self._nlinks.get(tree_hash)
         if n is None:
-            n = self._nlinks[tree_hash] = 2 + sum(1 for x in self.e.tree(tree_hash).entries if x.is_dir)
+            n = self._nlinks[tree_hash] = 2 + sum(
+                1 for x in self.e.tree(tree_hash).entries if x.mode & _S_IFMT == _S_IFDIR)
         return n
 
     def _entry_attr(self, ino: int, e: objects.Entry) -> pyfuse3.EntryAttributes:
-        size = e.size if not e.is_dir else 4096
-        nlink = self._dir_nlink(e.hash) if e.is_dir else 1
-        return self._base_attr(ino, e.mode, size, nlink, e.mtime_ns, LONG, e.uid, e.gid, e.rdev)
+        if e.mode & _S_IFMT == _S_IFDIR:
+            return self._base_attr(ino, e.mode, 4096, self._dir_nlink(e.hash), e.mtime_ns, LONG,
+                                   e.uid, e.gid, e.rdev)
+        return self._base_attr(ino, e.mode, e.size, 1, e.mtime_ns, LONG, e.uid, e.gid, e.rdev)
 
     def _vattr(self, ino: int, v: VNode) -> pyfuse3.EntryAttributes:
         k = v.kind
@@ -440,9 +461,10 @@ class Operations(pyfuse3.Operations):
         if v.kind == "ver" and v.entry.is_dir:
             t = self.e.tree(v.entry.hash)
             out = []
+            ino_of, vnodes, mid, n = _ver_inos(v, ino), self.vnodes, v.mimei, v.n
             for e in t.entries:
-                i = self._register(_ver_ino(v, ino, e.name),
-                                   VNode("ver", v.mimei, v.n, e, parent=ino))
+                i = ino_of(e.name)
+                vnodes[i] = VNode("ver", mid, n, e, parent=ino)
                 out.append((e.name, self._entry_attr(i, e)))
             return out
         raise _err(errno.ENOTDIR)
