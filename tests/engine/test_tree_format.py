@@ -38,3 +38,30 @@ def test_tree_encoding_is_stable():
         "00000000000000000000000000000000000000000000000000000000000000000000000000000000"
         "00000000000000000000000000000000000000000000000000000000000000000000000000000000")
     assert decode_tree(h, enc).entries == sorted(es)
+
+
+def test_object_cache_is_bounded_by_entries():
+    """The decoded-object cache evicts by weight (1 + entries), least recently used
+    first, and keeps a single object heavier than the bound (it is in use)."""
+    from mimeifs.engine.objects import ObjectCache, Tree
+
+    def tree(i, n):
+        return Tree(bytes([i]) * 32, [Entry(b"f%d" % k, stat.S_IFREG | 0o644, 0, 0, 0, 0, 0,
+                                            b"h" * 32, b"", ()) for k in range(n)])
+    c = ObjectCache(max_weight=100)
+    for i in range(5):
+        c._put((b"T", bytes([i]) * 32), tree(i, 19), 20)   # 5 x 20 = 100: all fit
+    assert all(c.cached_tree(bytes([i]) * 32) for i in range(5))
+    c.cached_tree(bytes([0]) * 32)                          # 0 is now the most recent
+    c._put((b"T", bytes([9]) * 32), tree(9, 39), 40)        # evicts 1 and 2, the oldest
+    assert c.cached_tree(bytes([1]) * 32) is None and c.cached_tree(bytes([2]) * 32) is None
+    assert c.cached_tree(bytes([0]) * 32) is not None and c._weight <= 100
+    c._put((b"T", bytes([7]) * 32), tree(7, 500), 501)      # heavier than the bound
+    assert c.cached_tree(bytes([7]) * 32) is not None and len(c._d) == 1
+
+
+def test_tree_get_finds_entries_by_name():
+    t = decode_tree(*encode_tree([Entry(b"b", stat.S_IFREG, 0, 0, 1, 0, 0, b"h" * 32, b"", ()),
+                                  Entry(b"a", stat.S_IFDIR, 0, 0, 0, 0, 0, b"d" * 32, b"", ())]))
+    assert [e.name for e in t.entries] == [b"a", b"b"]
+    assert t.get(b"b").size == 1 and t.get(b"a").hash == b"d" * 32 and t.get(b"c") is None

@@ -205,3 +205,19 @@ def test_daemon_forgets_version_nodes_the_kernel_forgot(fresh_mfs):
     wait_for(lambda: call(str(m.mnt), "ping")["vnodes"] < listed // 10, 30, "vnodes to be forgotten")
     # and the version still reads back afterwards
     assert (m.v(mid, n) / "d3" / "f7").read_text() == "7"
+
+
+def test_version_entry_inode_numbers_follow_the_formula():
+    """Listings number a version directory's entries with a prefix hash copied per
+    name; the numbers must equal vino() over the whole name (the numbers lookups and
+    earlier mounts gave), which is blake3 over the length-prefixed parts."""
+    from mimeifs.fuse.ops import VNode, _ver_inos, vino
+
+    d = VNode("ver", "ab" * 20, 3)
+    ino_of = _ver_inos(d, 12345)
+    for name in (b"x", b"\xff" * 255, b"json", b""):
+        h = blake3.blake3()
+        for p in (b"ver", d.mimei.encode(), b"3", b"12345", name):
+            h.update(len(p).to_bytes(4, "big") + p)
+        want = (1 << 62) | (int.from_bytes(h.digest()[:8], "big") & ((1 << 62) - 1))
+        assert ino_of(name) == vino("ver", d.mimei, 3, 12345, name) == want
