@@ -80,14 +80,14 @@ def freeze_dir(txn, wt: Worktree, node: Inode, stats: dict, progress,
         return node.frozen, node.aux
     entries, total = [], 0
     d_inodes = wt.d_inodes
-    for name, cino in wt.list_dir(txn, node.ino):
-        raw = txn.get(ikey(cino), db=d_inodes)
+    for name, key in wt.child_keys(txn, node.ino):
+        raw = txn.get(key, db=d_inodes)
         f = clean_fields(raw) if raw is not None else None
         if f is not None:  # most children of a dirty directory: taken as they are
             entries.append(Entry(name, f[0], f[1], f[2], f[3], f[4], f[5], f[6], b"", ()))
             total += f[3]
             continue
-        c = wt.get(txn, cino)  # ENOENT if raw is None
+        c = wt.get(txn, int.from_bytes(key, "big"))  # ENOENT if raw is None
         if c.is_dir:
             h, size = freeze_dir(txn, wt, c, stats, progress, sink)
             total += size

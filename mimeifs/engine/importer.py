@@ -283,7 +283,7 @@ class Importer:
             self.stats["errors"].append(f"{os.fsdecode(path)}: {e.strerror}")
             return
         txn = self._txn()  # nothing in the loop commits: one transaction throughout
-        existing = wt.child_keys(txn, ino)
+        existing = dict(wt.child_keys(txn, ino))
         pending = []
         subdirs = []
         d_inodes = wt.d_inodes

@@ -265,23 +265,23 @@ class Worktree:
         self.save(txn, node)
         self.dirty_up(txn, node.ino)
 
-    def child_keys(self, txn, ino: int) -> dict[bytes, bytes]:
-        """{name: child's 8-byte inode key} of a directory (what a re-import compares
-        against; the key reads the child's inode without converting the number)."""
+    def child_keys(self, txn, ino: int) -> list[tuple[bytes, bytes]]:
+        """(name, child's 8-byte inode key) of a directory, sorted by name bytes. The
+        key reads the child's inode without converting the number: what a re-import
+        and a backup, which visit every child of a directory, want."""
         pre = ikey(ino)
+        out = []
         with txn.cursor(db=self.d_dirents) as c:
-            if not c.set_range(pre):
-                return {}
-            out = {}
-            for k, v in c.iternext():
-                if k[:8] != pre:
-                    break
-                out[k[8:]] = v
+            if c.set_range(pre):
+                for k, v in c.iternext():
+                    if k[:8] != pre:
+                        break
+                    out.append((k[8:], v))
         return out
 
     def list_dir(self, txn, ino: int) -> list[tuple[bytes, int]]:
         """(name, child inode) of a directory, sorted by name bytes."""
-        return [(k[8:], _Q.unpack(v)[0]) for k, v in scan_prefix(txn, self.d_dirents, ikey(ino))]
+        return [(n, _Q.unpack(k)[0]) for n, k in self.child_keys(txn, ino)]
 
     def drop_data(self, txn, ino: int, from_page: int = 0) -> None:
         """Delete the pages of ``ino`` numbered ``from_page`` and up."""
