@@ -287,17 +287,18 @@ class Importer:
         pending = []
         subdirs = []
         d_inodes = wt.d_inodes
-        join = os.path.join
+        join, get, pop, unchanged = os.path.join, txn.get, existing.pop, unchanged_file
+        skipped = 0
         for name, st in listing:
             if type(st) is not tuple:
                 self.stats["errors"].append(f"{os.fsdecode(join(path, name))}: {st.strerror}")
                 continue
-            key = existing.pop(name, None)
+            key = pop(name, None)
             if key is not None:
                 # the common cases of a re-import, decided on the raw inode bytes
-                raw = txn.get(key, db=d_inodes)
-                if unchanged_file(raw, st):
-                    self.stats["skipped"] += 1
+                raw = get(key, db=d_inodes)
+                if unchanged(raw, st):
+                    skipped += 1
                     continue
                 cino = int.from_bytes(key, "big")
                 st = Stat._make(st)
@@ -335,6 +336,7 @@ class Importer:
                     wt.link_entry(txn, ino, name, node)
                     wt.dirty_up(txn, node.ino)
                 self._set_attrs(txn, wt.get(txn, node.ino), st)
+        self.stats["skipped"] += skipped
         for item in pending:
             self._queue(item)
         txn = self._txn()
