@@ -23,7 +23,6 @@ import trio
 
 from ..engine.db import Store
 from ..engine.mimei import Engine
-from ..heap import keep_freed_memory
 from .control import Controller
 from .ctl import mount_info
 from .loop import DEFAULT_BUSY_POLL_US, install as install_loop
@@ -105,8 +104,6 @@ def _run(store_path: str, mountpoint: str, allow_other: bool, debug: bool, ready
             os.write(ready_fd, msg.encode()[:4000])
             os.close(ready_fd)
 
-    if not keep_freed_memory():
-        log.info("malloc settings not applied (not glibc?): cur writes will fault more")
     try:
         store = Store.open(store_path)
         engine = Engine(store)
