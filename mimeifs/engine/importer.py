@@ -317,16 +317,16 @@ class Importer:
                     node = wt.new_inode(txn, wt.get(txn, ino).mimei, st.st_mode, st.st_uid, st.st_gid)
                     wt.link_entry(txn, ino, name, node)
                     wt.dirty_up(txn, node.ino)
-                subdirs.append((os.path.join(path, name), node.ino, st))
+                subdirs.append((join(path, name), node.ino, st))
             elif stat.S_ISREG(st.st_mode):
                 if (node is not None and node.size == st.st_size and node.mtime_ns == st.st_mtime_ns
                         and node.frozen != ZERO32):
                     self.stats["skipped"] += 1
                     self._set_attrs(txn, node, st)
                     continue
-                pending.append((os.path.join(path, name), st, node.ino if node else None, ino, name))
+                pending.append((join(path, name), st, node.ino if node else None, ino, name))
             else:
-                target = os.readlink(os.path.join(path, name)) if stat.S_ISLNK(st.st_mode) else b""
+                target = os.readlink(join(path, name)) if stat.S_ISLNK(st.st_mode) else b""
                 if node is not None and (node.target != target or node.rdev != st.st_rdev):
                     wt.remove_tree(txn, ino, name, node, self.e.is_open)
                     node = None

@@ -177,7 +177,7 @@ def decode_tree(h: bytes, enc: bytes) -> Tree:
     try:
         if enc[:1] != b"T":
             raise ValueError("not a tree")
-        (count,) = struct.unpack_from(">I", enc, 1)
+        (count,) = _U32.unpack_from(enc, 1)
         p = 5
         entries = []
         unpack_h = _U16.unpack_from
@@ -193,13 +193,13 @@ def decode_tree(h: bytes, enc: bytes) -> Tree:
                 continue
             (tl,) = unpack_h(enc, p); p += 2
             target = enc[p:p + tl]; p += tl
-            (xl,) = struct.unpack_from(">I", enc, p); p += 4
+            (xl,) = _U32.unpack_from(enc, p); p += 4
             xend = p + xl
             xs = []
             while p < xend:
                 (kl,) = unpack_h(enc, p); p += 2
                 k = enc[p:p + kl]; p += kl
-                (vl,) = struct.unpack_from(">I", enc, p); p += 4
+                (vl,) = _U32.unpack_from(enc, p); p += 4
                 xs.append((k, enc[p:p + vl])); p += vl
             entries.append(Entry(name, mode, uid, gid, size, mtime, rdev, hsh, target, tuple(xs)))
         if p != len(enc):

@@ -43,8 +43,8 @@ NAME_MAX = 255
 
 _IFIX = struct.Struct(">IIIIIQqqqQQ32s32s20s")
 _Q = struct.Struct(">Q")
-# byte offsets inside a packed inode, for deciding on raw bytes (see unchanged_file)
-# (mode, uid, gid, size, mtime_ns, frozen) of a packed inode, skipping the rest
+# (mode, uid, gid, size, mtime_ns, frozen) of a packed inode, skipping the rest: what
+# the re-import skip rule compares (see unchanged_file)
 _HEAD = struct.Struct(">III8xQ8xq24x32x32s")
 _I = struct.Struct(">I")
 
@@ -269,15 +269,7 @@ class Worktree:
         """(name, child's 8-byte inode key) of a directory, sorted by name bytes. The
         key reads the child's inode without converting the number: what a re-import
         and a backup, which visit every child of a directory, want."""
-        pre = ikey(ino)
-        out = []
-        with txn.cursor(db=self.d_dirents) as c:
-            if c.set_range(pre):
-                for k, v in c.iternext():
-                    if k[:8] != pre:
-                        break
-                    out.append((k[8:], v))
-        return out
+        return [(k[8:], v) for k, v in scan_prefix(txn, self.d_dirents, ikey(ino))]
 
     def list_dir(self, txn, ino: int) -> list[tuple[bytes, int]]:
         """(name, child inode) of a directory, sorted by name bytes."""

@@ -55,7 +55,7 @@ LONG = 86400.0    # versions, Mac files, fixed dirs; per-MiMei nodes (invalidate
 CUR = 30.0        # cur: changes from outside the daemon (CLI import, restore) invalidate it
 SHORT = 1.0       # name/<mark> links (marks come and go with create and rm)
 
-_S_IFMT, _S_IFDIR = stat.S_IFMT(0o170000), stat.S_IFDIR
+_S_IFMT, _S_IFDIR = 0o170000, stat.S_IFDIR  # mode tests without a call per entry
 _VIRT = 1 << 62
 _MASK = (1 << 62) - 1
 _MIMEI_XATTRS = (b"user.mimei.id", b"user.mimei.version", b"user.mimei.hash")
@@ -645,9 +645,10 @@ class Operations(pyfuse3.Operations):
         d = self.vnodes.get(d_ino)
         if d is None or d.kind != "ver" or not d.entry.is_dir:
             return
+        ino_of = _ver_inos(d, d_ino)
         for e in self.e.tree(d.entry.hash).entries:
             if e.is_file:
-                ino = _ver_ino(d, d_ino, e.name)
+                ino = ino_of(e.name)
                 if ino != skip and self.lookups.get(ino):
                     yield ino, e.hash, e.size
 
