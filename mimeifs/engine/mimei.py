@@ -348,7 +348,8 @@ class Engine:
         return rec
 
     def restore(self, mimei: str, n: int) -> None:
-        """cur := v/n (clean: the next backup costs nothing if nothing changes)."""
+        """cur := v/n, its content and its references (clean: the next backup costs
+        nothing if nothing changes). Raises ENOENT (no version n), EACCES."""
         m20 = _id20(mimei)
         if not self.can_write(m20):
             raise MiMeiError(errno.EACCES, f"{mimei} was not authored by this node")
@@ -357,12 +358,26 @@ class Engine:
             st = self._state(txn, m20)
             bk.checkout(txn, self.wt, st["cur"], rec["kind"], bytes.fromhex(rec["root"]),
                         rec["size"], self.is_open)
+            self._set_refs(txn, m20, rec.get("refs", []))
+
+    def _set_refs(self, txn, m20: bytes, targets: list[str]) -> None:
+        """Make cur's references exactly ``targets`` (hex IDs); a target this store
+        does not hold is left out."""
+        for t in self._refs_out(txn, m20):
+            txn.delete(m20 + bytes.fromhex(t), db=self.d_refs)
+            txn.delete(bytes.fromhex(t) + m20, db=self.d_refs_in)
+        for t in targets:
+            t20 = bytes.fromhex(t)
+            if t20 != m20 and txn.get(t20, db=self.d_state) is not None:
+                txn.put(m20 + t20, b"", db=self.d_refs)
+                txn.put(t20 + m20, b"", db=self.d_refs_in)
 
     def fork(self, mimei: str, n: int | None, mark: str) -> str:
         """A new MiMei whose v/0 is version n (default: last) of ``mimei``.
 
-        The papers' "variation". Its cur starts as that version. Returns the new ID;
-        raises EEXIST if the new MiMei already exists, ENOENT if there is no version.
+        The papers' "variation". Its cur starts as that version, and both v/0 and cur
+        reference what that version referenced. Returns the new ID; raises EEXIST if
+        the new MiMei already exists, ENOENT if there is no version.
         """
         info = self.info(mimei)
         if n is None:
@@ -380,10 +395,12 @@ class Engine:
         with self.store.write() as txn:
             st = self._state(txn, n20)
             bk.checkout(txn, self.wt, st["cur"], src["kind"], bytes.fromhex(src["root"]), src["size"])
+            self._set_refs(txn, n20, src.get("refs", []))
             rec = self.store.key.sign_record({
                 "type": "version", "mimei": new_id, "n": 0, "kind": src["kind"], "root": src["root"],
                 "parent": None, "fork_of": {"mimei": mimei, "n": n}, "time": time.time_ns(),
-                "size": src["size"], "memo": f"fork of {mimei}@{n}", "refs": [], "author": self.node_id,
+                "size": src["size"], "memo": f"fork of {mimei}@{n}", "refs": sorted(self._refs_out(txn, n20)),
+                "author": self.node_id,
             })
             self._put_version(txn, n20, rec)
             st["last"] = 0
