@@ -56,17 +56,42 @@ def _whole(ctx, op: str, **args):
     from .engine.mimei import MiMeiError
     from .fuse.ctl import DaemonError, call, run_op
     mnt = _daemon(ctx)
+    bar = _progress(None, op) if op == "backup" else None
     try:
         if mnt:
-            return call(mnt, op, **args)
-        bar = _progress(None, op) if op == "backup" else None
-        try:
-            return run_op(_engine(ctx), op, args, bar.update if bar else None)
-        finally:
-            if bar:
-                bar.close()
+            return _call_with_bar(mnt, op, bar, args) if bar is not None else call(mnt, op, **args)
+        return run_op(_engine(ctx), op, args, bar.update if bar is not None else None)
     except (MiMeiError, DaemonError) as x:
         raise _fail(str(x)) from None
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _call_with_bar(mnt: str, op: str, bar, args: dict):
+    """``call`` the daemon while a thread moves ``bar`` to the command's progress
+    (polled every 0.1 s through the control file)."""
+    import threading
+
+    from .fuse.ctl import call, new_token, progress_of
+    token = new_token()
+    finished = threading.Event()
+
+    def follow() -> None:
+        shown = 0
+        while not finished.wait(0.1):
+            done = progress_of(mnt, token)
+            if done is not None and done > shown:
+                bar.update(done - shown)
+                shown = done
+
+    t = threading.Thread(target=follow, daemon=True)
+    t.start()
+    try:
+        return call(mnt, op, token=token, **args)
+    finally:
+        finished.set()
+        t.join()
 
 
 def _invalidate(ctx, mimei: str) -> None:
@@ -81,7 +106,8 @@ def _invalidate(ctx, mimei: str) -> None:
 
 
 def _progress(total: int | None, desc: str):
-    """A tqdm byte counter on a terminal, nothing elsewhere."""
+    """A tqdm byte counter on a terminal, None elsewhere. Test it with ``is not None``:
+    a tqdm object's truth is its total (an error when unknown, False when 0)."""
     if not sys.stderr.isatty():
         return None
     from tqdm import tqdm
@@ -243,12 +269,12 @@ def import_(ctx, src, spec, delete, do_backup, memo):
         bar = _progress(scan_size(src)[1], "import") if sys.stderr.isatty() else None
         t0 = time.monotonic()
         try:
-            st = Importer(_engine(ctx), delete=delete, progress=bar.update if bar else None).run(
+            st = Importer(_engine(ctx), delete=delete, progress=bar.update if bar is not None else None).run(
                 src, mid, ahead=ahead, sync=not do_backup)  # the backup syncs both
         except (OSError, MiMeiError) as e:
             raise _fail(f"import: {e}") from None
         finally:
-            if bar:
+            if bar is not None:
                 bar.close()
     finally:
         if ahead is not None:
@@ -372,8 +398,8 @@ def check(ctx):
     from .engine.maintenance import check as do_check
     e = _engine(ctx)
     bar = _progress(0, "check")
-    r = do_check(e, bar.update if bar else None)
-    if bar:
+    r = do_check(e, bar.update if bar is not None else None)
+    if bar is not None:
         bar.close()
     click.echo(f"checked {r['mimei']} MiMei, {r['versions']} versions, {r['trees']} trees, "
                f"{r['manifests']} files, {r['chunks']} chunks ({_human(r['bytes'])})")

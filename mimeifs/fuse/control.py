@@ -8,6 +8,8 @@ Protocol on ``<mnt>/.__mimeifs_ctrl__``:
 2. ``getxattr(ctrl, "user.mimeifs.result.<token>")`` returns the answer (kept for the
    last 256 commands: the kernel may ask twice, once for the size):
    ``{"ok": true, "result": ...}`` or ``{"ok": false, "errno": n, "error": "..."}``.
+3. While a command runs, ``getxattr(ctrl, "user.mimeifs.progress.<token>")`` returns
+   ``{"done": bytes}`` (what the CLI's progress bar shows); ENODATA before and after.
 
 Only root and the user who mounted may send commands (else EACCES). Ops: ``backup``,
 ``release``, ``restore``, ``fork``, ``rm``, ``invalidate``, ``ping``.
@@ -24,7 +26,7 @@ import pyfuse3
 import trio
 
 from ..engine.mimei import MiMeiError
-from .ctl import CMD, RESULT, run_op
+from .ctl import CMD, PROGRESS, RESULT, run_op
 
 log = logging.getLogger("mimeifs.control")
 
@@ -36,19 +38,20 @@ class Controller:
         self.ops = ops
         self.e = ops.e
         self.results: dict[bytes, bytes] = {}
+        self.done: dict[bytes, int] = {}  # token -> bytes done, while the command runs
 
     def _allowed(self, ctx) -> None:
         if ctx.uid not in (0, self.ops.mount_uid):
             raise pyfuse3.FUSEError(errno.EACCES)
 
-    def _run(self, op: str, a: dict):
+    def _run(self, op: str, a: dict, progress=None):
         e = self.e
         if op == "ping":
             return {"pid": os.getpid(), "store": e.store.path,
                     "vnodes": len(self.ops.vnodes), "lookups": len(self.ops.lookups)}
         if op == "invalidate":
             return {}
-        return run_op(e, op, a)
+        return run_op(e, op, a, progress)
 
     async def command(self, name: bytes, value: bytes, ctx) -> None:
         self._allowed(ctx)
@@ -60,8 +63,14 @@ class Controller:
             op = req["op"]
         except (ValueError, KeyError, AttributeError, TypeError):
             raise pyfuse3.FUSEError(errno.EINVAL) from None
+        done = self.done
+
+        def progress(n: int) -> None:  # the worker thread is the only writer of this key
+            done[token] = done.get(token, 0) + n
+
+        done[token] = 0
         try:
-            res = await trio.to_thread.run_sync(self._run, op, req)
+            res = await trio.to_thread.run_sync(self._run, op, req, progress)
             ans = {"ok": True, "result": res}
         except MiMeiError as x:
             ans = {"ok": False, "errno": x.errno, "error": str(x)}
@@ -72,6 +81,8 @@ class Controller:
         except Exception as x:  # the daemon lives on; the caller hears what happened
             log.exception("control op %s failed", op)
             ans = {"ok": False, "errno": errno.EIO, "error": f"{type(x).__name__}: {x}"}
+        finally:
+            done.pop(token, None)
         while len(self.results) >= 256:
             self.results.pop(next(iter(self.results)))
         self.results[token] = json.dumps(ans).encode()
@@ -80,6 +91,11 @@ class Controller:
 
     def result(self, name: bytes, ctx) -> bytes:
         self._allowed(ctx)
+        if name.startswith(PROGRESS):
+            n = self.done.get(name[len(PROGRESS):])
+            if n is None:
+                raise pyfuse3.FUSEError(errno.ENODATA)
+            return json.dumps({"done": n}).encode()
         if not name.startswith(RESULT):
             raise pyfuse3.FUSEError(errno.ENODATA)
         v = self.results.get(name[len(RESULT):])

@@ -18,6 +18,7 @@ from ..engine.mimei import MiMeiError
 CTRL_FILE = ".__mimeifs_ctrl__"
 CMD = b"user.mimeifs.cmd"
 RESULT = b"user.mimeifs.result."
+PROGRESS = b"user.mimeifs.progress."
 
 
 def mount_info(store_path: str) -> dict | None:
@@ -61,15 +62,35 @@ def run_op(engine, op: str, a: dict, progress=None):
     raise MiMeiError(errno.EINVAL, f"unknown control op {op!r}")
 
 
-def call(mountpoint: str, op: str, **args):
+def new_token() -> str:
+    """A fresh command token (16 hex digits) for :func:`call` and :func:`progress_of`."""
+    return secrets.token_hex(8)
+
+
+def call(mountpoint: str, op: str, token: str | None = None, **args):
     """Client side: run ``op`` in the daemon mounted at ``mountpoint``; returns its result.
 
-    Raises :class:`DaemonError` with the daemon's errno and message.
+    ``token`` (from :func:`new_token`) lets another thread follow the command with
+    :func:`progress_of` while this call waits. Raises :class:`DaemonError` with the
+    daemon's errno and message.
     """
     ctrl = os.path.join(mountpoint, CTRL_FILE)
-    token = secrets.token_hex(8)
+    token = token or new_token()
     os.setxattr(ctrl, CMD.decode(), json.dumps(dict(args, op=op, token=token)).encode())
     ans = json.loads(os.getxattr(ctrl, (RESULT + token.encode()).decode()))
     if not ans["ok"]:
         raise DaemonError(ans["errno"], ans["error"])
     return ans["result"]
+
+
+def progress_of(mountpoint: str, token: str) -> int | None:
+    """Bytes done so far by the running command ``token`` (see :func:`call`), or None
+    when the daemon has no such command running (not started yet, or finished).
+
+    A getxattr: unlike a second setxattr on the control file, it does not wait for the
+    inode lock the running command's setxattr holds in the kernel."""
+    try:
+        raw = os.getxattr(os.path.join(mountpoint, CTRL_FILE), (PROGRESS + token.encode()).decode())
+    except OSError:
+        return None
+    return int(json.loads(raw)["done"])
