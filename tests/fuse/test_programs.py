@@ -259,7 +259,7 @@ def test_cp_a_symlinks_fifo_hardlinks(mimei, tmp_path):
     sh("cp", "-a", src, cur / "copy")
     dst = cur / "copy"
     sh("diff", "-r", "--no-dereference", "-x", "fifo", src, dst)
-    # modes are checked in test_cp_a_keeps_modes (a known bug); here: names, kinds, contents
+    # modes are checked in test_cp_a_keeps_modes; here: names, kinds, contents
     assert _no_modes(tree_digest(dst)) == _no_modes(tree_digest(src))
     st = [os.stat(p) for p in (dst / "top", dst / "a" / "hard-top", dst / "a" / "b" / "hard-top2")]
     assert len({s.st_ino for s in st}) == 1 and st[0].st_nlink == 3

@@ -114,8 +114,11 @@ def test_stdlib_import_backup_change_import(fresh_mfs, stdlib_copy):
     assert m.backup(mid, "1% changed") == 1
     size1, used1 = store_bytes(m.store), lmdb_used(m.store)
     growth = max(size1 - size0, used1 - used0)
-    slack = 16 << 20  # LMDB's copy-on-write B-tree pages, trees, manifests, records
-    assert growth < 3 * changed + slack, (growth, changed, stats)
+    # measured: 1.84 MB for 1.69 MB changed (the changed bytes are random: zstd cannot
+    # shrink them); the slack covers LMDB's copy-on-write B-tree pages, the new trees,
+    # manifests and records
+    slack = 1 << 20
+    assert growth < 1.5 * changed + slack, (growth, changed, stats)
     assert growth < src_bytes // 4, (growth, src_bytes)  # nowhere near a second copy
 
     v1 = m.v(mid, 1)
