@@ -18,7 +18,7 @@ import termios
 import lmdb
 import pytest
 
-from .conftest import REPO, MimeiFS, pid_alive, tree_digest, wait_for
+from .conftest import CHILD_PYTHON, REPO, MimeiFS, as_user, pid_alive, tree_digest, wait_for
 
 
 def cli(*args, env_extra: dict | None = None, drop: tuple = (), cwd=None,
@@ -275,3 +275,27 @@ def test_mount_in_the_foreground(unmounted):
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+def test_without_allow_other_only_the_mounting_user_gets_in(tmp_path):
+    m = MimeiFS(tmp_path, allow_other=False)
+    m.init()
+    try:
+        mid = m.create("mine")
+        m.mount()
+        (m.cur(mid) / "f").write_text("x")
+
+        def stat_as(uid: int):
+            return subprocess.run([CHILD_PYTHON, "-c", f"import os; os.stat({str(m.cur(mid) / 'f')!r})"],
+                                  capture_output=True, text=True, preexec_fn=as_user(uid, uid),
+                                  cwd="/", timeout=60)
+        # the kernel refuses everyone but the mounting user (root here) without allow_other
+        r = stat_as(1000)
+        assert r.returncode != 0 and "PermissionError" in r.stderr, r.stderr
+        assert (m.cur(mid) / "f").read_text() == "x"
+        m.umount()
+        m.allow_other = True
+        m.mount()
+        assert stat_as(1000).returncode == 0
+    finally:
+        m.cleanup(remove_mountpoint=True)
