@@ -63,6 +63,9 @@ def _whole(ctx, op: str, **args):
         return run_op(_engine(ctx), op, args, bar.update if bar is not None else None)
     except (MiMeiError, DaemonError) as x:
         raise _fail(str(x)) from None
+    except OSError as x:  # e.g. EACCES from the control file: not the mounting user
+        where = f" through the mount at {mnt}" if mnt else ""
+        raise _fail(f"{op}{where}: {x.strerror or x}") from None
     finally:
         if bar is not None:
             bar.close()
