@@ -233,9 +233,7 @@ class Engine:
                     for t in json.loads(raw).get("refs", []):
                         txn.delete(bytes.fromhex(t) + m20 + _N.pack(n), db=self.d_vrefs)
                     txn.delete(m20 + _N.pack(n), db=self.d_versions)
-            for t in self._refs_out(txn, m20):
-                txn.delete(m20 + bytes.fromhex(t), db=self.d_refs)
-                txn.delete(bytes.fromhex(t) + m20, db=self.d_refs_in)
+            self._set_refs(txn, m20, [])
             txn.delete(m20, db=self.d_state)
             txn.delete(m20, db=self.d_mimei)
             mark = info["mark"].encode()
