@@ -32,6 +32,17 @@ class CLIError(AssertionError):
     pass
 
 
+CLI = [sys.executable, "-m", "mimeifs.cli"]  # the CLI as a subprocess, from this checkout
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment for :data:`CLI`: this one, with the checkout first on the path."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
+
+
 def wait_for(pred, timeout: float = 30.0, what: str = "condition", every: float = 0.05):
     """Poll ``pred`` until it returns a truthy value (returned) or the deadline passes."""
     deadline = time.monotonic() + timeout
@@ -98,11 +109,9 @@ class MimeiFS:
     # ---------------------------------------------------------------- CLI
     def run(self, *args, check: bool = True, timeout: float = 600, input=None,
             **kw) -> subprocess.CompletedProcess:
-        cmd = [sys.executable, "-m", "mimeifs.cli", "--store", str(self.store), *map(str, args)]
-        env = dict(os.environ)
-        env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+        cmd = [*CLI, "--store", str(self.store), *map(str, args)]
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input,
-                           env=env, cwd=str(self.base), **kw)
+                           env=cli_env(), cwd=str(self.base), **kw)
         if check and p.returncode != 0:
             raise CLIError(f"{' '.join(cmd[3:])} -> exit {p.returncode}\nstdout: {p.stdout}\n"
                            f"stderr: {p.stderr}\nlog tail:\n{self.log_tail()}")

@@ -12,23 +12,20 @@ import re
 import select
 import struct
 import subprocess
-import sys
 import termios
 
 import lmdb
 import pytest
 
-from .conftest import CHILD_PYTHON, REPO, MimeiFS, as_user, pid_alive, tree_digest, wait_for
+from .conftest import CHILD_PYTHON, CLI, MimeiFS, as_user, cli_env, pid_alive, tree_digest, wait_for
 
 
 def cli(*args, env_extra: dict | None = None, drop: tuple = (), cwd=None,
         check: bool = True) -> subprocess.CompletedProcess:
     """The CLI with no --store: the environment decides."""
-    env = {k: v for k, v in os.environ.items() if k not in drop}
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env.update(env_extra or {})
-    p = subprocess.run([sys.executable, "-m", "mimeifs.cli", *map(str, args)],
-                       capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+    env = {k: v for k, v in cli_env(**(env_extra or {})).items() if k not in drop}
+    p = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, env=env,
+                       cwd=cwd, timeout=300)
     if check:
         assert p.returncode == 0, (args, p.stdout, p.stderr)
     return p
@@ -36,14 +33,12 @@ def cli(*args, env_extra: dict | None = None, drop: tuple = (), cwd=None,
 
 def on_terminal(m: MimeiFS, *args, timeout: float = 300) -> tuple[int, str]:
     """Run the CLI with stdin/stdout/stderr on a pseudo-terminal; (exit code, output)."""
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               TERM="xterm")
+    env = cli_env(TERM="xterm")
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # tqdm needs a width
     try:
-        p = subprocess.Popen([sys.executable, "-m", "mimeifs.cli", "--store", str(m.store),
-                              *map(str, args)], stdin=slave, stdout=slave, stderr=slave, env=env,
-                             cwd=str(m.base))
+        p = subprocess.Popen([*CLI, "--store", str(m.store), *map(str, args)], stdin=slave,
+                             stdout=slave, stderr=slave, env=env, cwd=str(m.base))
     finally:
         os.close(slave)
     chunks = []
@@ -255,10 +250,8 @@ def test_check_reports_damage_and_exits_1(unmounted, tmp_path):
 
 def test_mount_in_the_foreground(unmounted):
     m, mid = unmounted
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    p = subprocess.Popen([sys.executable, "-m", "mimeifs.cli", "--store", str(m.store), "mount",
-                          "--foreground", str(m.mnt)], env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen([*CLI, "--store", str(m.store), "mount", "--foreground", str(m.mnt)],
+                         env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: os.path.ismount(m.mnt) or p.poll() is not None, 30, "foreground mount")
         assert p.poll() is None, p.communicate()
