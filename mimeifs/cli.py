@@ -216,13 +216,15 @@ def info(ctx, spec):
               help="poll /dev/fuse this long after each request before sleeping (0: never)")
 @click.option("--dir-readahead/--no-dir-readahead", default=True, show_default=True,
               help="on opening a version file, push its small siblings into the page cache")
+@click.option("--http", "http", metavar="HOST:PORT", callback=lambda c, p, v: _http_opt(v),
+              help="serve HTTP and WebDAV there (a bare PORT: 127.0.0.1 only)")
 @click.pass_context
-def mount(ctx, mountpoint, foreground, allow_other, debug, busy_poll_us, dir_readahead):
+def mount(ctx, mountpoint, foreground, allow_other, debug, busy_poll_us, dir_readahead, http):
     """Mount the store at MOUNTPOINT (a daemon unless --foreground)."""
     from .fuse.mount import MountError, mount as do_mount
     try:
         code = do_mount(ctx.obj["store_path"], mountpoint, foreground, allow_other, debug,
-                        busy_poll_us=busy_poll_us, dir_readahead=dir_readahead)
+                        busy_poll_us=busy_poll_us, dir_readahead=dir_readahead, http=http)
     except MountError as e:
         raise _fail(str(e)) from None
     if not foreground:
@@ -233,8 +235,10 @@ def mount(ctx, mountpoint, foreground, allow_other, debug, busy_poll_us, dir_rea
 @main.command()
 @click.option("--foreground", "-f", is_flag=True, help="stay in the foreground, log to stderr")
 @click.option("--debug", is_flag=True, help="verbose logging")
+@click.option("--http", "http", metavar="HOST:PORT", callback=lambda c, p, v: _http_opt(v),
+              help="serve HTTP and WebDAV there (a bare PORT: 127.0.0.1 only)")
 @click.pass_context
-def serve(ctx, foreground, debug):
+def serve(ctx, foreground, debug, http):
     """Run a headless node on the store (no FUSE mount): the services only.
 
     Stop it with `mimeifs stop` (or SIGTERM)."""
@@ -242,13 +246,24 @@ def serve(ctx, foreground, debug):
     from .fuse.mount import MountError, check_not_running
     try:
         check_not_running(ctx.obj["store_path"])
-        code = start(DaemonConfig(ctx.obj["store_path"], None, debug=debug), foreground)
+        code = start(DaemonConfig(ctx.obj["store_path"], None, debug=debug, http=http), foreground)
     except (MountError, StartError) as e:
         raise _fail(str(e)) from None
     if not foreground:
         info = _daemon_info(ctx)
         click.echo(f"serving {ctx.obj['store_path']} (pid {info['pid'] if info else '?'})")
     sys.exit(code)
+
+
+def _http_opt(value: str | None) -> str | None:
+    """Check ``--http HOST:PORT`` before the daemon starts (a clear error, not a log line)."""
+    if value is None:
+        return None
+    from .gateway.service import parse_bind
+    try:
+        return parse_bind(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
 
 
 def _daemon_info(ctx):
@@ -473,6 +488,15 @@ def gc(ctx):
                f"{r['manifests_freed']} manifests, {r['trees_freed']} trees; "
                f"{r['packs_freed']} packs deleted, {r['packs_rewritten']} repacked; "
                f"kept {r['chunks_kept']} chunks")
+
+
+def _add_gateway_commands() -> None:
+    from .gateway.cli import app, gateway
+    main.add_command(gateway)
+    main.add_command(app)
+
+
+_add_gateway_commands()
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ services are built here by constructor calls and nothing is set on them afterwar
   for the headless ``mimeifs serve``);
 - :class:`Syncer`, committed data to disk every :data:`SYNC_EVERY` seconds;
 - :class:`Signals`, SIGTERM / SIGINT / SIGHUP end the daemon cleanly;
+- :class:`~mimeifs.gateway.service.GatewayService`, the HTTP and WebDAV door
+  (``--http HOST:PORT``; absent unless asked for);
 - further doors and the network node are one more constructor call in
   :func:`build_services` each (a network node is also the engine's fetcher: it is made
   first, handed to :class:`Engine` as ``fetcher``, and its service gets the engine).
@@ -64,6 +66,7 @@ class DaemonConfig:
     debug: bool = False
     busy_poll_us: int = 100
     dir_readahead: bool = True
+    http: str | None = None  # HOST:PORT of the HTTP/WebDAV gateway; None: no gateway
     extra: dict = field(default_factory=dict)
 
 
@@ -233,6 +236,9 @@ def build_services(d: Daemon) -> list:
         services.append(FuseService(d.engine, d.view, cfg.mountpoint, allow_other=cfg.allow_other,
                                     debug=cfg.debug, busy_poll_us=cfg.busy_poll_us,
                                     dir_readahead=cfg.dir_readahead, notify=d.notify))
+    if cfg.http:
+        from .gateway.service import GatewayService
+        services.append(GatewayService(d.engine, d.view, cfg.http))
     return services
 
 

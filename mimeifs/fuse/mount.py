@@ -133,12 +133,13 @@ class FuseService:
 def mount(store_path: str, mountpoint: str, foreground: bool = False,
           allow_other: bool = False, debug: bool = False,
           busy_poll_us: int = DEFAULT_BUSY_POLL_US, dir_readahead: bool = True,
-          extra: dict | None = None) -> int:
+          extra: dict | None = None, http: str | None = None) -> int:
     """Mount the store at ``mountpoint``. Foreground: serve until unmounted and return
     the exit code. Background: return 0 once mounted; raise :class:`MountError` else.
     ``busy_poll_us``: see :mod:`mimeifs.fuse.loop` (0 turns busy-polling off).
     ``dir_readahead``: see :mod:`mimeifs.fuse.prefetch`. ``extra``: options of further
-    services (see :class:`mimeifs.daemon.DaemonConfig`)."""
+    services (see :class:`mimeifs.daemon.DaemonConfig`); ``http``: HOST:PORT of the HTTP
+    gateway (None: none)."""
     mountpoint = os.path.abspath(mountpoint)
     clear_stale(mountpoint)
     if not os.path.isdir(mountpoint):
@@ -147,7 +148,7 @@ def mount(store_path: str, mountpoint: str, foreground: bool = False,
         raise MountError(f"{mountpoint}: something is already mounted there")
     check_not_running(store_path)
     cfg = DaemonConfig(store_path, mountpoint, allow_other, debug, busy_poll_us, dir_readahead,
-                       dict(extra or {}))
+                       http, dict(extra or {}))
     try:
         return start(cfg, foreground)
     except StartError as e:

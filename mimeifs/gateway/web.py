@@ -1,0 +1,262 @@
+"""The HTTP door's read side: an ASGI application serving the view with GET and HEAD.
+
+Per request (URL forms in :mod:`.places`):
+
+- a file: its bytes, ``Content-Type`` from :mod:`mimetypes`, ``ETag`` = the file's
+  blake3 in a version or a Mac file (``"<64 hex>"``; a cur file, which has no stored
+  hash, gets a weak ``W/"<inode>-<size>-<mtime ns>"``), ``Last-Modified``,
+  ``X-MiMei-Id`` and ``X-MiMei-Version`` (the number ``last`` / ``release`` named at
+  that moment, or ``cur``), ``Cache-Control: public, max-age=31536000, immutable`` for
+  numbered versions and Mac files and ``no-cache`` for cur, last and release;
+- a single byte range (RFC 9110 §14: ``bytes=a-b``, ``a-``, ``-n``; 206 with
+  ``Content-Range``; 416 when unsatisfiable; ``If-Range`` with an ETag; several
+  ranges are answered with the whole file, which the RFC allows);
+- ``If-None-Match`` (a list or ``*``): 304;
+- a directory: a redirect to its URL with a ``/`` first, then ``index.html`` when it
+  has one (an HTML5 application runs from its own URL), else a listing page
+  (:mod:`.listing`) with sizes, times and each version file's blake3;
+- a symbolic link in a version or cur: a redirect to its relative target (an absolute
+  target is 404: it would name something outside the view).
+
+Reads of more than :data:`INLINE` bytes run in worker threads in blocks of
+:data:`BLOCK` bytes, sent one by one (a slow client holds only its own task). Anything
+else runs on the event loop's thread, where fetching is forbidden: a request that needs
+an object this store lacks is prepared again in a worker thread, where the engine
+fetches it (the FUSE door's pattern). Errors map once (:func:`status_of`).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import mimetypes
+import stat
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from urllib.parse import quote
+
+import trio
+
+from ..engine.errors import ChunkMissing, EngineError
+from . import listing
+from .auth import Guard, presented
+from .places import Place, locate
+
+log = logging.getLogger("mimeifs.gateway")
+
+BLOCK = 1 << 20
+INLINE = 256 << 10
+IMMUTABLE = "public, max-age=31536000, immutable"
+_STATUS = {errno.ENOENT: 404, errno.ENOTDIR: 404, errno.EACCES: 403, errno.EPERM: 403,
+           errno.EROFS: 405, errno.EISDIR: 405, errno.EINVAL: 400, errno.ENAMETOOLONG: 414,
+           errno.EEXIST: 409, errno.ENOTEMPTY: 409, errno.ENOSPC: 507, errno.EBUSY: 423}
+
+
+def status_of(e: OSError) -> int:
+    """The HTTP status for an engine error (ENOENT 404, EACCES 403, EROFS 405, ...);
+    a missing object that could not be fetched is 503, anything else 500."""
+    if isinstance(e, ChunkMissing):
+        return 503
+    return _STATUS.get(e.errno or 0, 500)
+
+
+@dataclass
+class Reply:
+    """What a request gets: status, headers, a body in memory, or a file to stream
+    (``node``, ``start``, ``length``)."""
+    status: int = 200
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    body: bytes = b""
+    node: object = None
+    start: int = 0
+    length: int = 0
+
+    def add(self, name: str, value: str) -> None:
+        self.headers.append((name.encode(), value.encode("latin-1", "replace")))
+
+
+def _plain(status: int, text: str, **hdr) -> Reply:
+    r = Reply(status, body=(text + "\n").encode())
+    r.add("content-type", "text/plain; charset=utf-8")
+    for k, v in hdr.items():
+        r.add(k.replace("_", "-"), v)
+    return r
+
+
+def _etag_matches(header: str, etag: str) -> bool:
+    if header.strip() == "*":
+        return True
+    strip = lambda t: t.strip().removeprefix("W/")  # noqa: E731 (weak comparison, RFC 9110 §13.1.2)
+    return strip(etag) in (strip(t) for t in header.split(","))
+
+
+def parse_range(header: str, size: int) -> tuple[int, int] | None | str:
+    """(start, length) of a single ``bytes=`` range of a ``size``-byte file; None to
+    serve the whole file (no range, several ranges, or a unit we do not know);
+    ``"unsatisfiable"`` for 416."""
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    a, dash, b = spec.strip().partition("-")
+    if not dash:
+        return None
+    try:
+        if a == "":
+            n = int(b)
+            if n <= 0:
+                return "unsatisfiable"
+            start = max(0, size - n)
+            return start, size - start
+        start = int(a)
+        end = int(b) if b != "" else size - 1
+    except ValueError:
+        return None
+    if start < 0 or end < start:
+        return None
+    if start >= size:
+        return "unsatisfiable"
+    end = min(end, size - 1)
+    return start, end - start + 1
+
+
+class WebApp:
+    """ASGI application (HTTP scope, GET / HEAD / OPTIONS) over ``view`` with
+    ``guard`` (:class:`~.auth.Guard`) deciding who may read what. ``fetching``: the
+    engine has a fetcher, so a missing object is worth a worker thread."""
+
+    def __init__(self, view, guard: Guard, fetching: bool = False):
+        self.view = view
+        self.guard = guard
+        self.fetching = fetching
+
+    async def __call__(self, scope, receive, send):
+        method = scope["method"]
+        if method == "OPTIONS":
+            r = Reply(204)
+            r.add("allow", "GET, HEAD, OPTIONS")
+        elif method not in ("GET", "HEAD"):
+            r = _plain(405, "method not allowed here (WebDAV is under /dav/)", allow="GET, HEAD, OPTIONS")
+        else:
+            hdrs = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+            try:
+                r = await self._call(self.prepare, method, scope["path"],
+                                     scope.get("query_string", b"").decode("latin-1"), hdrs)
+            except OSError as e:
+                st = status_of(e)
+                if st >= 500:
+                    log.warning("%s %r: %s", method, scope["path"], e)
+                r = _plain(st, f"{st}: {e.strerror or e}")
+            except Exception:
+                log.exception("%s %r failed", method, scope["path"])
+                r = _plain(500, "500: internal error")
+        await self._send(send, r, method == "HEAD")
+
+    async def _call(self, fn, *args):
+        try:
+            return fn(*args)
+        except ChunkMissing:
+            if not self.fetching:
+                raise
+        return await trio.to_thread.run_sync(fn, *args)
+
+    # ------------------------------------------------------------------ deciding
+    def prepare(self, method: str, path: str, query: str, hdrs: dict) -> Reply:
+        """The reply to a GET or HEAD of decoded URL ``path`` (synchronous; raises
+        EngineError). Small files are read here; large ones are streamed later."""
+        place = locate(self.view, path)
+        if not self.guard.allowed(method, place.mimei, presented(hdrs.get("authorization"), query)):
+            return _plain(401, "401: this MiMei is not public; give the node token",
+                          www_authenticate='Basic realm="mimeifs"')
+        if not path.endswith("/") and (place.node is None or stat.S_ISDIR(self.view.attr(place.node).mode)):
+            loc = quote(path, safe="/:") + "/" + (f"?{query}" if query else "")
+            return _plain(301, "moved", location=loc)
+        if place.node is None:
+            body = listing.render(path, [(n, True, 0, 0, "") for n in place.names])
+            return self._page(place, body)
+        node, a = place.node, self.view.attr(place.node)
+        if stat.S_ISDIR(a.mode):
+            try:
+                idx = self.view.lookup(node, b"index.html")
+                ia = self.view.attr(idx)
+            except EngineError:
+                idx = None
+            if idx is not None and stat.S_ISREG(ia.mode):
+                return self._file(place, idx, ia, "index.html", hdrs)
+            body = listing.render(path, listing.view_rows(self.view, node))
+            r = self._page(place, body)
+            if a.immutable and node.entry is not None:
+                r.add("etag", f'W/"{node.entry.hash.hex()}"')
+            return r
+        if stat.S_ISLNK(a.mode):
+            target = self.view.readlink(node).decode(errors="replace")
+            if target.startswith("/") or "\0" in target:
+                return _plain(404, "404: a link to an absolute path")
+            return _plain(302, "a symbolic link", location=quote(target, safe="/:"))
+        if not stat.S_ISREG(a.mode):
+            return _plain(404, "404: not a regular file")
+        return self._file(place, node, a, path.rsplit("/", 1)[-1], hdrs)
+
+    def _common(self, r: Reply, place: Place) -> None:
+        if place.mimei:
+            r.add("x-mimei-id", place.mimei)
+            r.add("x-mimei-version", place.version)
+        r.add("cache-control", IMMUTABLE if place.immutable else "no-cache")
+
+    def _page(self, place: Place, body: bytes) -> Reply:
+        r = Reply(200, body=body)
+        r.add("content-type", "text/html; charset=utf-8")
+        self._common(r, place)
+        return r
+
+    def _file(self, place: Place, node, a, name: str, hdrs: dict) -> Reply:
+        e = node.entry
+        etag = f'"{e.hash.hex()}"' if e is not None and e.hash else f'W/"{a.ino}-{a.size}-{a.mtime_ns}"'
+        r = Reply(200)
+        self._common(r, place)
+        r.add("etag", etag)
+        r.add("last-modified", formatdate(a.mtime_ns / 1e9, usegmt=True))
+        r.add("accept-ranges", "bytes")
+        ctype, enc = mimetypes.guess_type(name, strict=False)
+        r.add("content-type", ctype or "application/octet-stream")
+        if enc:
+            r.add("content-encoding", enc)
+        inm = hdrs.get("if-none-match")
+        if inm is not None and _etag_matches(inm, etag):
+            r.status = 304
+            return r
+        size, start, length = a.size, 0, a.size
+        rng = hdrs.get("range")
+        if rng is not None and ("if-range" not in hdrs or hdrs["if-range"].strip() == etag):
+            got = parse_range(rng, size)
+            if got == "unsatisfiable":
+                r.status = 416
+                r.add("content-range", f"bytes */{size}")
+                return r
+            if got is not None:
+                start, length = got
+                r.status = 206
+                r.add("content-range", f"bytes {start}-{start + length - 1}/{size}")
+        r.node, r.start, r.length = node, start, length
+        if length <= INLINE:
+            r.body = self.view.read(node, start, length)
+            r.node = None
+        return r
+
+    # ------------------------------------------------------------------ sending
+    async def _send(self, send, r: Reply, head: bool) -> None:
+        n = r.length if r.node is not None else len(r.body)
+        if r.status not in (204, 304):
+            r.add("content-length", str(n))
+        await send({"type": "http.response.start", "status": r.status, "headers": r.headers})
+        if head or r.status in (204, 304) or r.node is None:
+            await send({"type": "http.response.body", "body": b"" if head else r.body})
+            return
+        pos, end = r.start, r.start + r.length
+        while pos < end:
+            data = await trio.to_thread.run_sync(self.view.read, r.node, pos, min(BLOCK, end - pos))
+            if not data:
+                break  # the file shrank (cur): the client sees a short body
+            pos += len(data)
+            await send({"type": "http.response.body", "body": data, "more_body": pos < end})
+        if pos < end:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
