@@ -80,6 +80,11 @@ class _Dispatch:
         if scope["type"] != "http":
             return
         p = scope["path"]
+        if "\0" in p or ".." in p.split("/"):  # refused before any application sees it
+            await send({"type": "http.response.start", "status": 404,
+                        "headers": [(b"content-type", b"text/plain"), (b"content-length", b"14")]})
+            await send({"type": "http.response.body", "body": b"404: bad path\n"})
+            return
         if self.wsgi is not None and (p == DAV_PREFIX or p.startswith(DAV_PREFIX + "/")):
             await self.wsgi(dict(scope, root_path=DAV_PREFIX), receive, send, sync_spawn, call_soon)
         else:

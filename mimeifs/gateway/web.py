@@ -111,10 +111,12 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None | str:
         end = int(b) if b != "" else size - 1
     except ValueError:
         return None
-    if start < 0 or end < start:
+    if start < 0:
         return None
     if start >= size:
         return "unsatisfiable"
+    if end < start:
+        return None
     end = min(end, size - 1)
     return start, end - start + 1
 

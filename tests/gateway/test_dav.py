@@ -1,0 +1,118 @@
+"""WebDAV under /dav/ with real clients: rclone copies a tree into cur and back
+(`diff -r` clean), versions refuse writes, unauthenticated writes are refused."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from .conftest import needs
+
+pytestmark = [needs, pytest.mark.skipif(shutil.which("rclone") is None, reason="needs rclone")]
+
+
+def rclone(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, RCLONE_CONFIG="/dev/null")
+    return subprocess.run(["rclone", *args], capture_output=True, text=True, timeout=300, env=env)
+
+
+def remote(site, path: str, token: str | None) -> str:
+    spec = f":webdav,url='{site.url('/dav' + path)}'"
+    if token is not None:
+        obscured = rclone("obscure", token).stdout.strip()
+        spec += f",user=me,pass='{obscured}'"
+    return spec + ":"
+
+
+def make_tree(root):
+    (root / "d1" / "d2").mkdir(parents=True)
+    (root / "empty").mkdir()
+    for i in range(1, 6):
+        (root / "d1" / f"f{i}.bin").write_bytes(os.urandom(i * 37000))
+    (root / "d1" / "d2" / "note.txt").write_text("deep\n")
+    (root / "big.bin").write_bytes(os.urandom(5 << 20))
+    (root / "name with space & ü.txt").write_text("odd name\n")
+
+
+def test_rclone_round_trip_through_cur(site, tmp_path):
+    tree, back = tmp_path / "tree", tmp_path / "back"
+    make_tree(tree)
+    tok = site.token
+    p = rclone("copy", "--create-empty-src-dirs", str(tree), remote(site, f"/mm/{site.mid}/cur/up", tok))
+    assert p.returncode == 0, p.stderr
+    p = rclone("copy", "--create-empty-src-dirs", remote(site, f"/mm/{site.mid}/cur/up", tok), str(back))
+    assert p.returncode == 0, p.stderr
+    d = subprocess.run(["diff", "-r", str(tree), str(back)], capture_output=True, text=True)
+    assert d.returncode == 0, d.stdout + d.stderr
+    # what went in is cur: a backup freezes it and HTTP serves it from the new version
+    n = int(site.run("backup", site.mid).stdout.split()[0])
+    r = site.curl(f"/mm/{site.mid}/{n}/up/big.bin")
+    assert r.status == 200 and r.body == (tree / "big.bin").read_bytes()
+    # rename (MOVE) and delete inside cur
+    auth = ["-u", f"me:{tok}"]
+    mv = site.curl(f"/dav/mm/{site.mid}/cur/up/d1/f1.bin", *auth, "-H",
+                   f"Destination: {site.url(f'/dav/mm/{site.mid}/cur/up/d1/moved.bin')}", method="MOVE")
+    assert mv.status in (201, 204), mv
+    assert site.curl(f"/mm/{site.mid}/cur/up/d1/moved.bin").body == (tree / "d1" / "f1.bin").read_bytes()
+    assert site.curl(f"/mm/{site.mid}/cur/up/d1/f1.bin").status == 404
+    rm = site.curl(f"/dav/mm/{site.mid}/cur/up/d1", *auth, method="DELETE")
+    assert rm.status == 204, rm
+    assert site.curl(f"/mm/{site.mid}/cur/up/d1/").status == 404
+    # a ranged GET through WebDAV
+    r = site.curl(f"/dav/mm/{site.mid}/{n}/up/big.bin", "-r", "10-19")
+    assert r.status == 206 and r.body == (tree / "big.bin").read_bytes()[10:20]
+
+
+def test_versions_and_listings_refuse_writes(site, tmp_path):
+    tok = site.token
+    auth = ["-u", f"me:{tok}"]
+    v0 = f"/dav/mm/{site.mid}/0"
+    for path, method, extra in [
+        (f"{v0}/a.txt", "PUT", ["--data-binary", "x"]),
+        (f"{v0}/new.txt", "PUT", ["--data-binary", "x"]),
+        (f"{v0}/newdir", "MKCOL", []),
+        (f"{v0}/a.txt", "DELETE", []),
+        (f"{v0}/sub", "DELETE", []),
+        (f"/dav/mm/{site.mid}/last/a.txt", "PUT", ["--data-binary", "x"]),
+        (f"/dav/name/site/0/a.txt", "DELETE", []),
+        (f"/dav/mm/{site.mid}/0", "DELETE", []),
+        ("/dav/mm/newdir", "MKCOL", []),
+        (f"{v0}/a.txt", "MOVE", ["-H", f"Destination: {site.url(f'/dav/mm/{site.mid}/cur/stolen.txt')}"]),
+        (f"/dav/mm/{site.mid}/cur/a.txt", "MOVE", ["-H", f"Destination: {site.url(f'/dav/mm/{site.mid}/0/x.txt')}"]),
+    ]:
+        r = site.curl(path, *auth, *extra, method=method)
+        assert r.status in (403, 405, 409), (path, method, r)
+    assert site.curl(f"/mm/{site.mid}/0/a.txt").body == b"hello gateway\n"
+    assert site.curl(f"/mm/{site.mid}/cur/a.txt").body == b"hello gateway\n"
+    assert site.curl(f"/mm/{site.mid}/0/new.txt").status == 404
+    p = rclone("copy", str(site.src / "sub"), remote(site, f"/mm/{site.mid}/0/x", tok))
+    assert p.returncode != 0
+    assert site.curl(f"/mm/{site.mid}/0/x/").status == 404
+
+
+def test_unauthenticated_writes_are_refused(site):
+    cur = f"/dav/mm/{site.mid}/cur"
+    for creds in ([], ["-u", "me:wrong"], ["-H", "Authorization: Bearer nope"]):
+        for path, method, extra in [
+            (f"{cur}/a.txt", "PUT", ["--data-binary", "evil"]),
+            (f"{cur}/evil.txt", "PUT", ["--data-binary", "evil"]),
+            (f"{cur}/evildir", "MKCOL", []),
+            (f"{cur}/a.txt", "DELETE", []),
+            (f"{cur}/a.txt", "MOVE", ["-H", f"Destination: {site.url(cur + '/b.txt')}"]),
+            (f"{cur}/a.txt", "PROPPATCH", ["--data-binary", "<x/>"]),
+        ]:
+            r = site.curl(path, *creds, *extra, method=method)
+            assert r.status == 401, (path, method, creds, r)
+    assert site.curl(f"/mm/{site.mid}/cur/a.txt").body == b"hello gateway\n"
+    assert site.curl(f"/mm/{site.mid}/cur/evil.txt").status == 404
+    assert site.curl(f"/mm/{site.mid}/cur/evildir/").status == 404
+    # reading a public MiMei needs no token
+    r = site.curl(f"{cur}/", "-H", "Depth: 1", method="PROPFIND")
+    assert r.status == 207 and b"a.txt" in r.body
+    # the token in the URL works for applications
+    r = site.curl(f"{cur}/by-url.txt?token={site.token}", "--data-binary", "ok", method="PUT")
+    assert r.status in (201, 204), r
+    assert site.curl(f"/mm/{site.mid}/cur/by-url.txt").body == b"ok"
