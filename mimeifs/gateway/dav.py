@@ -78,6 +78,12 @@ class _Common:
             raise DAVError(HTTP_FORBIDDEN, "not inside a MiMei's cur")
         return par.node
 
+    def handle_delete(self):
+        """Refuse at once outside cur (no per-member multistatus for a version)."""
+        if self.node is None or self.node.kind != "cur":
+            raise DAVError(HTTP_FORBIDDEN, "read-only: only a MiMei's cur changes")
+        return False
+
     def delete(self):
         try:
             if self.is_collection:
@@ -133,7 +139,8 @@ class Folder(_Common, DAVCollection):
 
     def get_member_names(self):
         try:
-            return [n.decode(errors="surrogateescape") for n, _c, _a in self.view.children(self.node)]
+            return [n.decode(errors="surrogateescape") for n, _c, a in self.view.children(self.node)
+                    if stat.S_ISDIR(a.mode) or stat.S_ISREG(a.mode)]  # links, devices: not WebDAV
         except OSError as e:
             raise _dav(e) from None
 

@@ -20,11 +20,14 @@ def rclone(*args: str) -> subprocess.CompletedProcess:
 
 
 def remote(site, path: str, token: str | None) -> str:
-    spec = f":webdav,url='{site.url('/dav' + path)}'"
+    """An rclone remote for ``/dav`` + ``path``: its last part is a directory inside the
+    remote's root (rclone never creates its root itself)."""
+    base, _, sub = path.rpartition("/")
+    spec = f":webdav,url='{site.url('/dav' + base)}'"
     if token is not None:
         obscured = rclone("obscure", token).stdout.strip()
         spec += f",user=me,pass='{obscured}'"
-    return spec + ":"
+    return spec + ":" + sub
 
 
 def make_tree(root):
