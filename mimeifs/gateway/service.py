@@ -59,6 +59,19 @@ def parse_bind(spec: str) -> str:
     return f"{host}:{int(port)}"
 
 
+def _raise_fd_limit(want: int = 65536) -> None:
+    """Raise this process's soft open-file limit toward its hard one: each connection
+    is a descriptor, and a thousand clients must not hit a 1,024 soft limit."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(hard, want)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            log.warning("cannot raise the open-file limit from %d", soft)
+
+
 class _Dispatch:
     """hypercorn's app-wrapper protocol over two applications: WebDAV (WSGI, in
     hypercorn's worker threads) under :data:`DAV_PREFIX`, the ASGI app elsewhere."""
@@ -132,6 +145,7 @@ class GatewayService:
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED):
         from hypercorn.trio.run import worker_serve
+        _raise_fd_limit()
         self._stop = trio.Event()
         self.running = True
         try:

@@ -19,7 +19,8 @@ Per request (URL forms in :mod:`.places`):
   target is 404: it would name something outside the view).
 
 Reads of more than :data:`INLINE` bytes run in worker threads in blocks of
-:data:`BLOCK` bytes, sent one by one (a slow client holds only its own task). Anything
+:data:`BLOCK` bytes, sent one by one: a slow client holds only its own task and one
+block (a thousand stalled readers hold at most a thousand blocks, 256 MiB). Anything
 else runs on the event loop's thread, where fetching is forbidden: a request that needs
 an object this store lacks is prepared again in a worker thread, where the engine
 fetches it (the FUSE door's pattern). Errors map once (:func:`status_of`).
@@ -44,8 +45,8 @@ from .places import Place, locate
 
 log = logging.getLogger("mimeifs.gateway")
 
-BLOCK = 1 << 20
-INLINE = 256 << 10
+BLOCK = 256 << 10
+INLINE = 128 << 10
 IMMUTABLE = "public, max-age=31536000, immutable"
 _STATUS = {errno.ENOENT: 404, errno.ENOTDIR: 404, errno.EACCES: 403, errno.EPERM: 403,
            errno.EROFS: 405, errno.EISDIR: 405, errno.EINVAL: 400, errno.ENAMETOOLONG: 414,
