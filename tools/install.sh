@@ -25,6 +25,9 @@ fi
 
 # --- system packages -----------------------------------------------------------------
 PKGS=(fuse3 libfuse3-dev pkg-config gcc git rsync sqlite3 tar attr b3sum ca-certificates)
+# the gateway's tests and benchmark: curl, a WebDAV client, a headless browser and its
+# driver, and the competitors of tools/bench_http.py (wrk, nginx)
+PKGS+=(curl rclone chromium chromium-driver wrk nginx-light)
 if ! command -v "$PY" >/dev/null 2>&1; then
     PKGS+=(python3 python3-dev)
     PY=python3

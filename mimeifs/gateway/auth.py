@@ -18,11 +18,14 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import time
 from urllib.parse import parse_qs
 
 from ..engine.errors import EngineError
 
 TOKEN_LABEL = b"mimeifs gateway token v1"
+#: Seconds a MiMei's rights are believed before its info record is read again.
+RIGHTS_TTL = 1.0
 #: Methods that change something (RFC 9110 and RFC 4918).
 WRITE_METHODS = frozenset({"PUT", "POST", "DELETE", "PATCH", "MKCOL", "COPY", "MOVE",
                            "PROPPATCH", "LOCK", "UNLOCK"})
@@ -61,18 +64,29 @@ class Guard:
     def __init__(self, engine, token: str):
         self.e = engine
         self.token = token
+        self._rights: dict[str, tuple[bool, float]] = {}
 
     def valid(self, given: str | None) -> bool:
         return given is not None and hmac.compare_digest(given.encode(), self.token.encode())
 
     def public(self, mimei: str) -> bool:
-        """True if others may read ``mimei`` (rights & 0o004); False if unknown."""
+        """True if others may read ``mimei`` (rights & 0o004); False if unknown. The
+        answer is kept for :data:`RIGHTS_TTL` seconds (a new info record takes effect
+        within that time)."""
         if not mimei:
             return True
+        now = time.monotonic()
+        hit = self._rights.get(mimei)
+        if hit is not None and now - hit[1] < RIGHTS_TTL:
+            return hit[0]
         try:
-            return bool(int(self.e.info(mimei).get("rights", 0)) & 0o004)
+            pub = bool(int(self.e.info(mimei).get("rights", 0)) & 0o004)
         except (EngineError, ValueError, TypeError):
-            return False
+            pub = False
+        if len(self._rights) > 65536:
+            self._rights.clear()
+        self._rights[mimei] = (pub, now)
+        return pub
 
     def allowed(self, method: str, mimei: str, given: str | None) -> bool:
         """Whether a request with ``method`` on ``mimei`` ("" outside any MiMei) and

@@ -19,8 +19,9 @@ Per request (URL forms in :mod:`.places`):
   target is 404: it would name something outside the view).
 
 Reads of more than :data:`INLINE` bytes run in worker threads in blocks of
-:data:`BLOCK` bytes, sent one by one: a slow client holds only its own task and one
-block (a thousand stalled readers hold at most a thousand blocks, 256 MiB). Anything
+:data:`BLOCK` bytes (:data:`SMALL_BLOCK` once :data:`BIG_STREAMS` streams hold a big
+one), sent one by one: a slow client holds only its own task and one block, so a
+thousand stalled readers hold at most 128 MiB + 1000 x 256 KiB. Anything
 else runs on the event loop's thread, where fetching is forbidden: a request that needs
 an object this store lacks is prepared again in a worker thread, where the engine
 fetches it (the FUSE door's pattern). Errors map once (:func:`status_of`).
@@ -32,6 +33,7 @@ import errno
 import logging
 import mimetypes
 import stat
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from urllib.parse import quote
@@ -45,7 +47,11 @@ from .places import Place, locate
 
 log = logging.getLogger("mimeifs.gateway")
 
-BLOCK = 256 << 10
+BLOCK = 1 << 20
+SMALL_BLOCK = 256 << 10
+#: Streams that may hold a :data:`BLOCK` at once; further ones use :data:`SMALL_BLOCK`
+#: (the engine reads 1 MiB at a time fastest; this bounds what stalled readers hold).
+BIG_STREAMS = 128
 INLINE = 128 << 10
 IMMUTABLE = "public, max-age=31536000, immutable"
 _STATUS = {errno.ENOENT: 404, errno.ENOTDIR: 404, errno.EACCES: 403, errno.EPERM: 403,
@@ -59,6 +65,45 @@ def status_of(e: OSError) -> int:
     if isinstance(e, ChunkMissing):
         return 503
     return _STATUS.get(e.errno or 0, 500)
+
+
+@dataclass(slots=True)
+class _Facts:
+    """What a small file of a numbered version or a Mac file answers with, whatever
+    the conditional and range headers: its MiMei, node, size, ETag, headers, bytes."""
+    mimei: str
+    node: object
+    size: int
+    etag: str
+    headers: list
+    body: bytes | None
+
+
+class HotFiles:
+    """Replies of small immutable files (numbered versions, Mac files) by URL path,
+    least recently used first out, at most ``budget`` bytes of content. Immutable
+    content never goes stale; a removed MiMei is checked for on every hit."""
+
+    def __init__(self, budget: int = 64 << 20, max_entries: int = 65536):
+        self.budget, self.max_entries = budget, max_entries
+        self.used = 0
+        self._d: OrderedDict[str, _Facts] = OrderedDict()
+
+    def get(self, path: str) -> "_Facts | None":
+        f = self._d.get(path)
+        if f is not None:
+            self._d.move_to_end(path)
+        return f
+
+    def put(self, path: str, f: "_Facts") -> None:
+        old = self._d.pop(path, None)
+        if old is not None:
+            self.used -= old.size
+        self._d[path] = f
+        self.used += f.size
+        while self.used > self.budget or len(self._d) > self.max_entries:
+            _k, gone = self._d.popitem(last=False)
+            self.used -= gone.size
 
 
 @dataclass
@@ -131,6 +176,8 @@ class WebApp:
         self.view = view
         self.guard = guard
         self.fetching = fetching
+        self._big = 0  # streams holding a BLOCK now (event loop thread only)
+        self.hot = HotFiles()
 
     async def __call__(self, scope, receive, send):
         method = scope["method"]
@@ -166,6 +213,12 @@ class WebApp:
     def prepare(self, method: str, path: str, query: str, hdrs: dict) -> Reply:
         """The reply to a GET or HEAD of decoded URL ``path`` (synchronous; raises
         EngineError). Small files are read here; large ones are streamed later."""
+        hit = self.hot.get(path)
+        if hit is not None and self.view.e.exists(hit.mimei):
+            if not self.guard.allowed(method, hit.mimei, presented(hdrs.get("authorization"), query)):
+                return _plain(401, "401: this MiMei is not public; give the node token",
+                              www_authenticate='Basic realm="mimeifs"')
+            return self._answer(hit, hdrs)
         place = locate(self.view, path)
         if not self.guard.allowed(method, place.mimei, presented(hdrs.get("authorization"), query)):
             return _plain(401, "401: this MiMei is not public; give the node token",
@@ -184,7 +237,7 @@ class WebApp:
             except EngineError:
                 idx = None
             if idx is not None and stat.S_ISREG(ia.mode):
-                return self._file(place, idx, ia, "index.html", hdrs)
+                return self._file(place, idx, ia, "index.html", hdrs, path)
             body = listing.render(path, listing.view_rows(self.view, node))
             r = self._page(place, body)
             if a.immutable and node.entry is not None:
@@ -197,7 +250,7 @@ class WebApp:
             return _plain(302, "a symbolic link", location=quote(target, safe="/:"))
         if not stat.S_ISREG(a.mode):
             return _plain(404, "404: not a regular file")
-        return self._file(place, node, a, path.rsplit("/", 1)[-1], hdrs)
+        return self._file(place, node, a, path.rsplit("/", 1)[-1], hdrs, path)
 
     def _common(self, r: Reply, place: Place) -> None:
         if place.mimei:
@@ -211,7 +264,7 @@ class WebApp:
         self._common(r, place)
         return r
 
-    def _file(self, place: Place, node, a, name: str, hdrs: dict) -> Reply:
+    def _file(self, place: Place, node, a, name: str, hdrs: dict, path: str = "") -> Reply:
         e = node.entry
         etag = f'"{e.hash.hex()}"' if e is not None and e.hash else f'W/"{a.ino}-{a.size}-{a.mtime_ns}"'
         r = Reply(200)
@@ -223,13 +276,23 @@ class WebApp:
         r.add("content-type", ctype or "application/octet-stream")
         if enc:
             r.add("content-encoding", enc)
+        body = self.view.read(node, 0, a.size) if a.size <= INLINE else None
+        facts = _Facts(place.mimei, node, a.size, etag, r.headers, body)
+        if place.immutable and body is not None and path:
+            self.hot.put(path, facts)
+        return self._answer(facts, hdrs)
+
+    def _answer(self, f: "_Facts", hdrs: dict) -> Reply:
+        """The reply for file facts ``f`` under the request's conditional and range
+        headers (RFC 9110 §13 and §14)."""
+        r = Reply(200, list(f.headers))
         inm = hdrs.get("if-none-match")
-        if inm is not None and _etag_matches(inm, etag):
+        if inm is not None and _etag_matches(inm, f.etag):
             r.status = 304
             return r
-        size, start, length = a.size, 0, a.size
+        size, start, length = f.size, 0, f.size
         rng = hdrs.get("range")
-        if rng is not None and ("if-range" not in hdrs or hdrs["if-range"].strip() == etag):
+        if rng is not None and ("if-range" not in hdrs or hdrs["if-range"].strip() == f.etag):
             got = parse_range(rng, size)
             if got == "unsatisfiable":
                 r.status = 416
@@ -239,10 +302,10 @@ class WebApp:
                 start, length = got
                 r.status = 206
                 r.add("content-range", f"bytes {start}-{start + length - 1}/{size}")
-        r.node, r.start, r.length = node, start, length
-        if length <= INLINE:
-            r.body = self.view.read(node, start, length)
-            r.node = None
+        if f.body is not None:
+            r.body = f.body if (start, length) == (0, size) else f.body[start:start + length]
+        else:
+            r.node, r.start, r.length = f.node, start, length
         return r
 
     # ------------------------------------------------------------------ sending
@@ -255,11 +318,18 @@ class WebApp:
             await send({"type": "http.response.body", "body": b"" if head else r.body})
             return
         pos, end = r.start, r.start + r.length
-        while pos < end:
-            data = await trio.to_thread.run_sync(self.view.read, r.node, pos, min(BLOCK, end - pos))
-            if not data:
-                break  # the file shrank (cur): the client sees a short body
-            pos += len(data)
-            await send({"type": "http.response.body", "body": data, "more_body": pos < end})
+        big = self._big < BIG_STREAMS
+        block = BLOCK if big else SMALL_BLOCK
+        self._big += big
+        try:
+            while pos < end:
+                data = await trio.to_thread.run_sync(self.view.read, r.node, pos, min(block, end - pos))
+                if not data:
+                    break  # the file shrank (cur): the client sees a short body
+                pos += len(data)
+                await send({"type": "http.response.body", "body": data, "more_body": pos < end})
+                del data
+        finally:
+            self._big -= big
         if pos < end:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
