@@ -57,6 +57,12 @@ else
     log "system packages already installed"
 fi
 
+# nginx is only a benchmark competitor (tools/bench_http.py starts its own on loopback):
+# keep Debian's service from listening on port 80 of every address.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled nginx >/dev/null 2>&1; then
+    $SUDO systemctl disable --now nginx >/dev/null 2>&1 || true
+fi
+
 # FUSE needs the device node (containers sometimes lack it until fuse3 is installed).
 if [ ! -e /dev/fuse ]; then
     log "warning: /dev/fuse is missing; mounts will fail on this machine"
