@@ -20,8 +20,8 @@ Per request (URL forms in :mod:`.places`):
 
 Reads of more than :data:`INLINE` bytes run in worker threads in blocks of
 :data:`BLOCK` bytes (:data:`SMALL_BLOCK` once :data:`BIG_STREAMS` streams hold a big
-one), sent one by one: a slow client holds only its own task and one block, so a
-thousand stalled readers hold at most 128 MiB + 1000 x 256 KiB. Anything
+one); the next block is read while one is sent, so a slow client holds only its own
+tasks and two blocks: a thousand stalled readers hold at most 256 MiB + 1000 x 512 KiB. Anything
 else runs on the event loop's thread, where fetching is forbidden: a request that needs
 an object this store lacks is prepared again in a worker thread, where the engine
 fetches it (the FUSE door's pattern). Errors map once (:func:`status_of`).
@@ -321,15 +321,28 @@ class WebApp:
         big = self._big < BIG_STREAMS
         block = BLOCK if big else SMALL_BLOCK
         self._big += big
+        sent = pos
         try:
-            while pos < end:
-                data = await trio.to_thread.run_sync(self.view.read, r.node, pos, min(block, end - pos))
-                if not data:
-                    break  # the file shrank (cur): the client sees a short body
-                pos += len(data)
-                await send({"type": "http.response.body", "body": data, "more_body": pos < end})
-                del data
+            # the next block is read in a worker thread while this one is sent
+            blocks_in, blocks_out = trio.open_memory_channel(0)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._reader, r.node, pos, end, block, blocks_in)
+                async with blocks_out:
+                    async for data in blocks_out:
+                        sent += len(data)
+                        await send({"type": "http.response.body", "body": data, "more_body": sent < end})
+                        del data
         finally:
             self._big -= big
-        if pos < end:
+        if sent < end:  # the file shrank (cur): the client sees a short body
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _reader(self, node, pos: int, end: int, block: int, out) -> None:
+        async with out:
+            while pos < end:
+                data = await trio.to_thread.run_sync(self.view.read, node, pos, min(block, end - pos))
+                if not data:
+                    return
+                pos += len(data)
+                await out.send(data)
+                del data
