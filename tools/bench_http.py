@@ -10,6 +10,10 @@ The same tree is served three ways, each on its own loopback port:
   per core);
 - ``python -m http.server`` from the plain directory.
 
+For reference (not a competitor) a fourth server answers from memory with hypercorn on
+trio, the server library the gateway runs on: its numbers are the most the gateway can
+reach on the same machine at the same moment.
+
 Two loads, each competitor in turn: small files (``--small`` files of 4 KiB, wrk
 walking through all of them: requests/s) and one large random file (``--big-mib``
 MiB: MiB/s with ``--big-conns`` connections). Targets (issue 15): mimeifs at least
@@ -98,6 +102,34 @@ def wrk(url_base: str, paths_file: Path | None, duration: int, conns: int, threa
             "socket_errors": sock.group(1) if sock else "", "raw": out}
 
 
+#: hypercorn on trio answering from memory (4 KiB per request, or the big file's size
+#: in 1 MiB blocks): the ceiling of the server library the gateway is built on, for
+#: reference (not a competitor).
+CEILING_APP = """
+import sys, trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+SMALL, BLK, NBIG = b"x" * 4096, b"x" * (1 << 20), int(sys.argv[2])
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            m = await receive()
+            await send({"type": m["type"] + ".complete"})
+            if m["type"] == "lifespan.shutdown":
+                return
+    if not scope["path"].endswith("big.bin"):
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"4096")]})
+        await send({"type": "http.response.body", "body": SMALL})
+        return
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", str(NBIG << 20).encode())]})
+    for i in range(NBIG):
+        await send({"type": "http.response.body", "body": BLK, "more_body": i < NBIG - 1})
+c = Config(); c.bind = ["127.0.0.1:" + sys.argv[1]]; c.accesslog = None
+trio.run(serve, app, c)
+"""
+
+
 class Servers:
     """Starts and stops the three servers over ``tree``."""
 
@@ -159,6 +191,15 @@ http {{
         wait_port(port)
         return f"http://127.0.0.1:{port}/"
 
+    def ceiling(self, big_mib: int) -> str:
+        port = free_port()
+        script = self.work / "ceiling.py"
+        script.write_text(CEILING_APP)
+        self.procs.append(subprocess.Popen([PY, str(script), str(port), str(big_mib)],
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        wait_port(port)
+        return f"http://127.0.0.1:{port}/"
+
     def stop(self) -> None:
         for p in self.procs:
             p.send_signal(signal.SIGTERM)
@@ -193,7 +234,8 @@ def main() -> None:
     srv = Servers(work, tree)
     results: dict = {}
     try:
-        bases = {"mimeifs": srv.mimeifs(), "nginx": srv.nginx(), "http.server": srv.http_server()}
+        bases = {"mimeifs": srv.mimeifs(), "nginx": srv.nginx(), "http.server": srv.http_server(),
+                 "hypercorn-ceiling": srv.ceiling(a.big_mib)}
         for name, base in bases.items():
             paths = work / f"paths-{name.replace('.', '_')}.txt"
             prefix = "/" + base.split("/", 3)[3]
@@ -211,7 +253,7 @@ def main() -> None:
                 small = wrk(base, paths, a.duration, a.conns, a.threads, work)
                 big = wrk(base, None, a.duration, a.big_conns, min(a.threads, a.big_conns), work, "big.bin")
                 load = os.getloadavg()[0]
-                print(f"round {rnd + 1} {name:12} small: {small['rps']:>9.0f} req/s  big: "
+                print(f"round {rnd + 1} {name:17} small: {small['rps']:>9.0f} req/s  big: "
                       f"{big['mibps']:>7.0f} MiB/s  (load {load:.1f})"
                       f"{'  errors: ' + small['socket_errors'] if small['socket_errors'] else ''}", flush=True)
                 best = results.setdefault(name, {"small_rps": 0.0, "big_mibps": 0.0, "non2xx": 0})
@@ -228,7 +270,7 @@ def main() -> None:
     targets = {"small_vs_nginx": 0.3, "big_vs_nginx": 0.8, "small_vs_http_server": 3.0,
                "big_vs_http_server": 3.0}
     for name, r in results.items():
-        print(f"best {name:12} small: {r['small_rps']:>9.0f} req/s  big: {r['big_mibps']:>7.0f} MiB/s"
+        print(f"best {name:17} small: {r['small_rps']:>9.0f} req/s  big: {r['big_mibps']:>7.0f} MiB/s"
               f"{'  NON-2xx: %d' % r['non2xx'] if r['non2xx'] else ''}")
     print(f"# {a.small} x 4 KiB files, {a.big_mib} MiB big file, {a.duration} s per load, "
           f"wrk -t{a.threads} -c{a.conns} (big: -c{a.big_conns}), {os.cpu_count()} cores")
