@@ -119,3 +119,27 @@ def test_unauthenticated_writes_are_refused(site):
     r = site.curl(f"{cur}/by-url.txt?token={site.token}", "--data-binary", "ok", method="PUT")
     assert r.status in (201, 204), r
     assert site.curl(f"/mm/{site.mid}/cur/by-url.txt").body == b"ok"
+
+
+def test_dav_paths_never_leave_the_view(site):
+    tok = site.token
+    auth = ["-u", f"me:{tok}"]
+    cur = f"/dav/mm/{site.mid}/cur"
+    for path, method, extra in [
+        ("/dav//etc/passwd", "GET", []),
+        ("/dav//tmp/evil.txt", "PUT", ["--data-binary", "x"]),
+        (f"{cur}/../../../../tmp/evil.txt", "PUT", ["--data-binary", "x"]),
+        (f"{cur}/%2e%2e/%2e%2e/%2e%2e/tmp/evil.txt", "PUT", ["--data-binary", "x"]),
+        (f"{cur}/evil%00.txt", "PUT", ["--data-binary", "x"]),
+        (f"{cur}/a.txt", "MOVE", ["-H", "Destination: /etc/evil.txt"]),
+        (f"{cur}/a.txt", "MOVE", ["-H", f"Destination: {site.url(cur + '/../../../../tmp/evil.txt')}"]),
+        (f"{cur}/a.txt", "COPY", ["-H", f"Destination: {site.url(cur + '/%2e%2e/%2e%2e/evil.txt')}"]),
+        (f"{cur}/a.txt", "COPY", ["-H", "Destination: http://127.0.0.2:1/elsewhere.txt"]),
+    ]:
+        r = site.curl(path, *auth, *extra, method=method)
+        assert r.status >= 400, (path, method, r)
+        assert b"root:" not in r.body
+    assert not os.path.exists("/tmp/evil.txt") and not os.path.exists("/etc/evil.txt")
+    assert site.curl(f"/mm/{site.mid}/cur/a.txt").body == b"hello gateway\n"
+    listing = site.curl(f"{cur}/", "-H", "Depth: 1", method="PROPFIND").body
+    assert b"evil" not in listing
