@@ -331,6 +331,52 @@ class MiMeiProvider(DAVProvider):
         return None  # links and devices are not WebDAV resources
 
 
+def mimei_in(engine, path_info: str) -> str:
+    """The MiMei ID a gateway path names (``mm/<id>``, ``name/<mark>``, ``<id>:<ver>``),
+    or "" (listing levels, Mac files, bad paths)."""
+    try:
+        segs = split(path_info)
+    except EngineError:
+        return ""
+    if len(segs) >= 2 and segs[0] == "mm":
+        return segs[1]
+    if len(segs) >= 2 and segs[0] == "name":
+        return engine.mark_id(segs[1]) or ""
+    if segs and ":" in segs[0]:
+        return segs[0].split(":", 1)[0]
+    return ""
+
+
+class _TellOtherDoors:
+    """WSGI middleware: after a WebDAV request that changed a MiMei's cur (a write
+    method answered 2xx), tell the engine's change listeners (the FUSE door drops what
+    the kernel caches of cur), as an import from the CLI does through the control file."""
+
+    def __init__(self, app, engine):
+        self.app, self.e = app, engine
+
+    def __call__(self, environ, start_response):
+        method = environ.get("REQUEST_METHOD", "").upper()
+        if method not in WRITE_METHODS or method in ("LOCK", "UNLOCK"):
+            return self.app(environ, start_response)
+        status = []
+
+        def start(st, headers, exc_info=None):
+            status.append(st)
+            return start_response(st, headers, exc_info)
+
+        try:
+            yield from self.app(environ, start)
+        finally:
+            if status and status[0][:1] == "2":
+                changed = {mimei_in(self.e, environ.get("PATH_INFO", ""))}
+                dest = environ.get("HTTP_DESTINATION", "")
+                if dest:
+                    changed.add(mimei_in(self.e, "/" + dest.split("/dav/", 1)[-1]))
+                for mid in changed - {""}:
+                    self.e._changed(mid)
+
+
 class GatewayDomainController(BaseDomainController):
     """WsgiDAV's authentication hook, answered by the gateway's :class:`~.auth.Guard`
     (found in the WsgiDAV config under ``mimeifs_guard``)."""
@@ -343,17 +389,7 @@ class GatewayDomainController(BaseDomainController):
         return "mimeifs"
 
     def _mimei(self, path_info: str) -> str:
-        try:
-            segs = split(path_info)
-        except EngineError:
-            return ""
-        if len(segs) >= 2 and segs[0] == "mm":
-            return segs[1]
-        if len(segs) >= 2 and segs[0] == "name":
-            return self.guard.e.mark_id(segs[1]) or ""
-        if segs and ":" in segs[0]:
-            return segs[0].split(":", 1)[0]
-        return ""
+        return mimei_in(self.guard.e, path_info)
 
     def require_authentication(self, realm, environ):
         if environ is None:  # WsgiDAV asking at start whether the share is anonymous
@@ -393,4 +429,4 @@ def make_dav_app(view, guard):
         "property_manager": None,
         "suppress_version_info": True,
     }
-    return WsgiDAVApp(config)
+    return _TellOtherDoors(WsgiDAVApp(config), view.e)
