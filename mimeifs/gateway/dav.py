@@ -359,6 +359,9 @@ class _TellOtherDoors:
         method = environ.get("REQUEST_METHOD", "").upper()
         if method not in WRITE_METHODS or method in ("LOCK", "UNLOCK"):
             return self.app(environ, start_response)
+        return self._writing(environ, start_response)
+
+    def _writing(self, environ, start_response):
         status = []
 
         def start(st, headers, exc_info=None):
