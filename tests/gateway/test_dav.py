@@ -80,7 +80,7 @@ def test_versions_and_listings_refuse_writes(site, tmp_path):
         (f"{v0}/a.txt", "DELETE", []),
         (f"{v0}/sub", "DELETE", []),
         (f"/dav/mm/{site.mid}/last/a.txt", "PUT", ["--data-binary", "x"]),
-        (f"/dav/name/site/0/a.txt", "DELETE", []),
+        ("/dav/name/site/0/a.txt", "DELETE", []),
         (f"/dav/mm/{site.mid}/0", "DELETE", []),
         ("/dav/mm/newdir", "MKCOL", []),
         (f"{v0}/a.txt", "MOVE", ["-H", f"Destination: {site.url(f'/dav/mm/{site.mid}/cur/stolen.txt')}"]),
