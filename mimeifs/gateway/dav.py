@@ -138,11 +138,20 @@ class Folder(_Common, DAVCollection):
         self._setup(provider, place)
 
     def get_member_names(self):
+        """Directories and regular files whose names are UTF-8 (links, devices and
+        names no URL can carry are not WebDAV resources)."""
         try:
-            return [n.decode(errors="surrogateescape") for n, _c, a in self.view.children(self.node)
-                    if stat.S_ISDIR(a.mode) or stat.S_ISREG(a.mode)]  # links, devices: not WebDAV
+            kids = self.view.children(self.node)
         except OSError as e:
             raise _dav(e) from None
+        out = []
+        for n, _c, a in kids:
+            if stat.S_ISDIR(a.mode) or stat.S_ISREG(a.mode):
+                try:
+                    out.append(n.decode())
+                except UnicodeDecodeError:
+                    continue
+        return out
 
     def get_member(self, name):
         return self.p.get_resource_inst(self.path.rstrip("/") + "/" + name, self.environ)

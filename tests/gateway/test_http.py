@@ -4,6 +4,7 @@ URL forms, headers, ranges, conditional requests, listings, rights, traversal.""
 from __future__ import annotations
 
 import json
+import os
 
 import blake3
 import pytest
@@ -190,3 +191,18 @@ def test_private_mimei_needs_the_token(site):
     assert site.curl(f"/dav/mm/{mid}/0/a.txt", "-u", f"x:{tok}").body == b"hello gateway\n"
     # the public MiMei next to it still reads without a token
     assert site.curl(f"/mm/{site.mid}/0/a.txt").status == 200
+
+
+def test_names_that_are_not_utf8(site, tmp_path):
+    src = tmp_path / "odd"
+    src.mkdir()
+    with open(os.path.join(os.fsencode(src), b"bad\xff\xfename.txt"), "wb") as f:
+        f.write(b"odd")
+    (src / "ok.txt").write_text("ok")
+    mid = site.create("odd-names")
+    site.run("import", src, mid, "--backup")
+    for ver in ("0", "cur"):
+        assert site.curl(f"/mm/{mid}/{ver}/").status == 200
+        r = site.curl(f"/dav/mm/{mid}/{ver}/", "-H", "Depth: 1", method="PROPFIND")
+        assert r.status == 207 and b"ok.txt" in r.body
+        assert site.curl(f"/mm/{mid}/{ver}/ok.txt").body == b"ok"
