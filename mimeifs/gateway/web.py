@@ -167,6 +167,17 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None | str:
     return start, end - start + 1
 
 
+async def _until_disconnect(receive, scope: trio.CancelScope, gone: trio.Event) -> None:
+    """Cancel ``scope`` (a file's stream) when the client goes away, so no more blocks
+    are read for nobody (ASGI's ``http.disconnect``); ``gone`` tells the stream."""
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            gone.set()
+            scope.cancel()
+            return
+
+
 class WebApp:
     """ASGI application (HTTP scope, GET / HEAD / OPTIONS) over ``view`` with
     ``guard`` (:class:`~.auth.Guard`) deciding who may read what. ``fetching``: the
@@ -199,7 +210,7 @@ class WebApp:
             except Exception:
                 log.exception("%s %r failed", method, scope["path"])
                 r = _plain(500, "500: internal error")
-        await self._send(send, r, method == "HEAD")
+        await self._send(send, r, method == "HEAD", receive)
 
     async def _call(self, fn, *args):
         try:
@@ -309,7 +320,7 @@ class WebApp:
         return r
 
     # ------------------------------------------------------------------ sending
-    async def _send(self, send, r: Reply, head: bool) -> None:
+    async def _send(self, send, r: Reply, head: bool, receive=None) -> None:
         n = r.length if r.node is not None else len(r.body)
         if r.status not in (204, 304):
             r.add("content-length", str(n))
@@ -322,19 +333,23 @@ class WebApp:
         block = BLOCK if big else SMALL_BLOCK
         self._big += big
         sent = pos
+        gone = trio.Event()
         try:
             # the next block is read in a worker thread while this one is sent
             blocks_in, blocks_out = trio.open_memory_channel(0)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._reader, r.node, pos, end, block, blocks_in)
+                if receive is not None:
+                    nursery.start_soon(_until_disconnect, receive, nursery.cancel_scope, gone)
                 async with blocks_out:
                     async for data in blocks_out:
                         sent += len(data)
                         await send({"type": "http.response.body", "body": data, "more_body": sent < end})
                         del data
+                nursery.cancel_scope.cancel()  # the watcher
         finally:
             self._big -= big
-        if sent < end:  # the file shrank (cur): the client sees a short body
+        if sent < end and not gone.is_set():  # the file shrank (cur): the client sees a short body
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _reader(self, node, pos: int, end: int, block: int, out) -> None:
