@@ -167,15 +167,19 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None | str:
     return start, end - start + 1
 
 
-async def _until_disconnect(receive, scope: trio.CancelScope, gone: trio.Event) -> None:
+async def _until_disconnect(receive, scope: trio.CancelScope, gone: trio.Event,
+                            watch: trio.CancelScope) -> None:
     """Cancel ``scope`` (a file's stream) when the client goes away, so no more blocks
-    are read for nobody (ASGI's ``http.disconnect``); ``gone`` tells the stream."""
-    while True:
-        msg = await receive()
-        if msg["type"] == "http.disconnect":
-            gone.set()
-            scope.cancel()
-            return
+    are read for nobody (ASGI's ``http.disconnect``); ``gone`` tells the stream. The
+    stream cancels ``watch`` before its last block: hypercorn's own end of the request
+    (the disconnect it reports after every response) is not the client leaving."""
+    with watch:
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                gone.set()
+                scope.cancel()
+                return
 
 
 class WebApp:
@@ -339,14 +343,17 @@ class WebApp:
             blocks_in, blocks_out = trio.open_memory_channel(0)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._reader, r.node, pos, end, block, blocks_in)
+                watch = trio.CancelScope()
                 if receive is not None:
-                    nursery.start_soon(_until_disconnect, receive, nursery.cancel_scope, gone)
+                    nursery.start_soon(_until_disconnect, receive, nursery.cancel_scope, gone, watch)
                 async with blocks_out:
                     async for data in blocks_out:
                         sent += len(data)
+                        if sent >= end:
+                            watch.cancel()
                         await send({"type": "http.response.body", "body": data, "more_body": sent < end})
                         del data
-                nursery.cancel_scope.cancel()  # the watcher
+                watch.cancel()
         finally:
             self._big -= big
         if sent < end and not gone.is_set():  # the file shrank (cur): the client sees a short body
