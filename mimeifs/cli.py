@@ -259,11 +259,15 @@ def _http_opt(value: str | None) -> str | None:
     """Check ``--http HOST:PORT`` before the daemon starts (a clear error, not a log line)."""
     if value is None:
         return None
-    from .gateway.service import parse_bind
+    from .gateway.service import check_bind, parse_bind
     try:
-        return parse_bind(value)
+        bind = parse_bind(value)
+        check_bind(bind)
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
+    except OSError as e:
+        raise click.BadParameter(e.strerror or str(e)) from None
+    return bind
 
 
 def _daemon_info(ctx):

@@ -72,6 +72,21 @@ def _raise_fd_limit(want: int = 65536) -> None:
             log.warning("cannot raise the open-file limit from %d", soft)
 
 
+def check_bind(bind: str) -> None:
+    """Raise OSError with a clear message if ``bind`` (from :func:`parse_bind`) cannot be
+    listened on now (in use, not an address of this machine, a privileged port)."""
+    import socket
+    host, _, port = bind.rpartition(":")
+    host = host.strip("[]")
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(fam, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, int(port)))
+    except OSError as e:
+        raise OSError(e.errno, f"cannot listen on {bind}: {e.strerror}") from None
+
+
 class _Dispatch:
     """hypercorn's app-wrapper protocol over two applications: WebDAV (WSGI, in
     hypercorn's worker threads) under :data:`DAV_PREFIX`, the ASGI app elsewhere."""

@@ -71,3 +71,16 @@ def test_split_refuses_dotdot_and_nul(path):
 def test_split_skips_empty_and_dot():
     assert split("//mm/./x//y/") == ["mm", "x", "y"]
     assert split("/...") == ["..."]  # a name, not a parent
+
+
+def test_check_bind_says_why():
+    import socket
+
+    from mimeifs.gateway.service import check_bind
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{port}"):
+            check_bind(f"127.0.0.1:{port}")
+    check_bind(f"127.0.0.1:{port}")  # free again
