@@ -57,10 +57,15 @@ def install(ctx, src, mark):
     import os
     if not os.path.isfile(os.path.join(src, "index.html")):
         raise _fail(f"{src}: an application needs an index.html")
+    e = _engine(ctx)
+    owner = e.mark_id(mark)
+    if owner is not None and e.info(owner).get("app_type") != APP_TYPE:
+        raise _fail(f"mark {mark!r} already names MiMei {owner}, which is not an application; "
+                    f"choose another mark")
     try:
-        mid = _engine(ctx).create("fs", mark, APP_TYPE)
-    except EngineError as e:
-        raise _fail(str(e)) from None
+        mid = e.create("fs", mark, APP_TYPE)
+    except EngineError as err:
+        raise _fail(str(err)) from None
     ctx.invoke(import_, src=src, spec=mid, delete=True, do_backup=True, memo=f"app install {mark}")
     n = _engine(ctx).state(mid)["last"]
     base = gateway_url(ctx.obj["store_path"])

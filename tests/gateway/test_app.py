@@ -80,6 +80,11 @@ def test_app_install_and_render_in_chromium(node, tmp_path):
     (app_dir / "app.js").write_text(APP_JS.replace("li.dataset", "li.className = 'city'; li.dataset"))
     out = node.run("app", "install", app_dir, "--mark", "cities").stdout.strip().splitlines()
     assert out[-2] == url and out[-1].endswith("/1/")
+    # a mark that names a MiMei which is not an application is refused, nothing changes
+    bad = node.run("app", "install", app_dir, "--mark", "citydata", check=False)
+    assert bad.returncode == 1 and "not an application" in bad.stderr
+    assert node.curl("/name/citydata/last/cities.json").status == 200
+    assert node.run("app", "install", data_dir, "--mark", "x", check=False).returncode != 0  # no index.html
     r = node.curl("/name/cities/last/app.js")
     assert r.headers["content-type"] in ("text/javascript", "application/javascript")
 
