@@ -206,3 +206,27 @@ def test_names_that_are_not_utf8(site, tmp_path):
         r = site.curl(f"/dav/mm/{mid}/{ver}/", "-H", "Depth: 1", method="PROPFIND")
         assert r.status == 207 and b"ok.txt" in r.body
         assert site.curl(f"/mm/{mid}/{ver}/ok.txt").body == b"ok"
+
+
+@pytest.mark.parametrize("target", [
+    "http://127.0.0.1/etc/passwd",
+    "http://127.0.0.1/mm/{mid}/0/../../../../etc/passwd",
+    "/mm/{mid}/0/..\\..\\..\\..\\etc\\passwd",
+    "/mm/{mid}/0/%2e%2e%5c%2e%2e%5cetc%5cpasswd",
+    "*",
+    "../../etc/passwd",
+])
+def test_raw_request_targets(site, target):
+    """What curl would normalize, sent as bytes on a socket."""
+    import socket
+    with socket.create_connection(("127.0.0.1", site.port), timeout=10) as s:
+        s.sendall(f"GET {target.format(mid=site.mid)} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        got = b""
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            got += b
+    status = int(got.split(b" ", 2)[1])
+    assert status in (400, 404), got[:300]
+    assert b"root:" not in got
