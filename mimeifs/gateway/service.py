@@ -20,7 +20,7 @@ import os
 
 import trio
 
-from .auth import Guard, node_token
+from .auth import WRITE_METHODS, Guard, node_token, presented
 from .web import WebApp
 
 log = logging.getLogger("mimeifs.gateway")
@@ -91,10 +91,36 @@ class _Dispatch:
     """hypercorn's app-wrapper protocol over two applications: WebDAV (WSGI, in
     hypercorn's worker threads) under :data:`DAV_PREFIX`, the ASGI app elsewhere."""
 
-    def __init__(self, asgi, wsgi):
+    def __init__(self, asgi, wsgi, guard: Guard):
         from hypercorn.app_wrappers import ASGIWrapper, WSGIWrapper
         self.asgi = ASGIWrapper(asgi)
         self.wsgi = WSGIWrapper(wsgi, DAV_MAX_BODY) if wsgi is not None else None
+        self.guard = guard
+
+    async def _refuse(self, send, status: int, text: bytes, extra=()) -> None:
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"text/plain"),
+                                (b"content-length", str(len(text)).encode()), *extra]})
+        await send({"type": "http.response.body", "body": text})
+
+    def _dav_precheck(self, scope) -> tuple[int, bytes, tuple] | None:
+        """hypercorn's WSGI support reads a whole body before WsgiDAV sees the request:
+        a write without the token (401) or with a body over :data:`DAV_MAX_BODY` (413)
+        is answered before a byte of its body is read."""
+        if scope["method"].upper() not in WRITE_METHODS:
+            return None
+        hdrs = {k.lower(): v for k, v in scope["headers"]}
+        auth = hdrs.get(b"authorization", b"").decode("latin-1")
+        given = presented(auth or None, scope.get("query_string", b"").decode("latin-1"))
+        if not self.guard.valid(given):
+            return 401, b"401: writing needs the node token\n", (
+                (b"www-authenticate", b'Basic realm="mimeifs"'),)
+        try:
+            if int(hdrs.get(b"content-length", b"0")) > DAV_MAX_BODY:
+                return 413, b"413: body too large\n", ()
+        except ValueError:
+            return 400, b"400: bad content-length\n", ()
+        return None
 
     async def __call__(self, scope, receive, send, sync_spawn, call_soon):
         if scope["type"] == "lifespan":
@@ -114,6 +140,10 @@ class _Dispatch:
             await send({"type": "http.response.body", "body": b"404: bad path\n"})
             return
         if self.wsgi is not None and (p == DAV_PREFIX or p.startswith(DAV_PREFIX + "/")):
+            refused = self._dav_precheck(scope)
+            if refused is not None:
+                await self._refuse(send, *refused)
+                return
             await self.wsgi(dict(scope, root_path=DAV_PREFIX), receive, send, sync_spawn, call_soon)
         else:
             await self.asgi(scope, receive, send, sync_spawn, call_soon)
@@ -164,7 +194,7 @@ class GatewayService:
         self._stop = trio.Event()
         self.running = True
         try:
-            app = _Dispatch(self.web, self.dav_app)
+            app = _Dispatch(self.web, self.dav_app, self.guard)
 
             class _Status:
                 def started(inner, value=None):

@@ -143,3 +143,23 @@ def test_dav_paths_never_leave_the_view(site):
     assert site.curl(f"/mm/{site.mid}/cur/a.txt").body == b"hello gateway\n"
     listing = site.curl(f"{cur}/", "-H", "Depth: 1", method="PROPFIND").body
     assert b"evil" not in listing
+
+
+def test_unauthenticated_bodies_are_refused_before_they_are_read(site):
+    """hypercorn's WSGI support would hold a whole body in memory before WsgiDAV checks
+    the token: a write without it is answered at its headers."""
+    import socket
+    import time
+    for creds, want in (("", b" 401 "), (f"Authorization: Bearer {'0' * 64}\r\n", b" 401 ")):
+        with socket.create_connection(("127.0.0.1", site.port), timeout=10) as s:
+            s.sendall(f"PUT /dav/mm/{site.mid}/cur/huge.bin HTTP/1.1\r\nHost: x\r\n{creds}"
+                      f"Content-Length: {64 << 30}\r\n\r\n".encode() + b"x" * 65536)
+            t = time.monotonic()
+            got = s.recv(65536)
+            assert want in got.split(b"\r\n", 1)[0], got[:200]
+            assert time.monotonic() - t < 5
+    tok = site.token
+    r = site.curl(f"/dav/mm/{site.mid}/cur/huge.bin", "-u", f"me:{tok}", "-H",
+                  f"Content-Length: {64 << 30}", "--data-binary", "x", method="PUT")
+    assert r.status in (400, 413), r  # over the limit even with the token
+    assert site.curl(f"/mm/{site.mid}/cur/huge.bin").status == 404
