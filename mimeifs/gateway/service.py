@@ -28,6 +28,8 @@ log = logging.getLogger("mimeifs.gateway")
 #: Largest WebDAV request body (hypercorn's WSGI support holds a body in memory).
 DAV_MAX_BODY = 1 << 30
 DAV_PREFIX = "/dav"
+#: Seconds a connection may stay silent while the server waits to read from it.
+READ_TIMEOUT = 120
 #: ``<store>/gateway.json``: {"pid", "urls"} while a gateway serves the store.
 INFO_FILE = "gateway.json"
 
@@ -183,6 +185,7 @@ class GatewayService:
         c.accesslog = None
         c.errorlog = logging.getLogger("mimeifs.gateway.hypercorn")
         c.keep_alive_timeout = 30
+        c.read_timeout = READ_TIMEOUT  # a client silent this long mid-request is dropped
         c.graceful_timeout = 3
         c.wsgi_max_body_size = DAV_MAX_BODY
         c.include_server_header = False
