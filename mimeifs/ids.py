@@ -123,14 +123,6 @@ class NodeKey:
         """Detached ed25519 signature (64 bytes) of ``message``."""
         return self._sk.sign(message).signature
 
-    def derive_secret(self, label: bytes) -> bytes:
-        """A 32-byte secret for ``label``, derived from this key's seed with
-        HMAC-SHA256 (RFC 2104): the same key and label always give the same secret,
-        and it reveals nothing of the seed (the gateway's access token)."""
-        import hashlib
-        import hmac
-        return hmac.new(bytes(self._sk), label, hashlib.sha256).digest()
-
     def sign_record(self, record: dict) -> dict:
         """A copy of ``record`` with ``key`` (public key hex) and ``sig`` (hex) added.
 

@@ -1,11 +1,12 @@
 """Who may do what through the gateway: the node's access token and the rights check.
 
-The token is derived from the node's ed25519 seed (:meth:`mimeifs.ids.NodeKey.derive_secret`
-with label :data:`TOKEN_LABEL`, HMAC-SHA256), 64 hex characters; ``mimeifs gateway
-token`` prints it. A request carries it as HTTP Basic (RFC 7617: any user name, the
-token as password, which is what WebDAV clients such as rclone and davfs2 send), as
-``Authorization: Bearer <token>`` (RFC 6750), or as ``?token=<token>`` in the URL (for
-an HTML5 application's own links).
+The token is derived from the node's ed25519 key (:func:`node_token`: blake3
+``derive_key`` over the node's deterministic signature of a fixed label, the way the
+RESP door derives its key), 64 hex characters; ``mimeifs gateway token`` prints it.
+A request carries it as HTTP Basic (RFC 7617: any user name, the token as password,
+which is what WebDAV clients such as rclone and davfs2 send), as ``Authorization:
+Bearer <token>`` (RFC 6750), or as ``?token=<token>`` in the URL (for an HTML5
+application's own links).
 
 Rules (issue 15): every request that writes needs the token; a read needs it only when
 the MiMei's ``rights`` (the info record's POSIX-like mode) do not let others read
@@ -18,12 +19,15 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+
+import blake3
 import time
 from urllib.parse import parse_qs
 
 from ..engine.errors import EngineError
 
 TOKEN_LABEL = b"mimeifs gateway token v1"
+TOKEN_CONTEXT = "mimeifs 2026 gateway token"
 #: Seconds a MiMei's rights are believed before its info record is read again.
 RIGHTS_TTL = 1.0
 #: Methods that change something (RFC 9110 and RFC 4918).
@@ -32,8 +36,11 @@ WRITE_METHODS = frozenset({"PUT", "POST", "DELETE", "PATCH", "MKCOL", "COPY", "M
 
 
 def node_token(key) -> str:
-    """The gateway token of node key ``key`` (a :class:`~mimeifs.ids.NodeKey`), 64 hex."""
-    return key.derive_secret(TOKEN_LABEL).hex()
+    """The gateway token of node key ``key`` (a :class:`~mimeifs.ids.NodeKey`), 64 hex:
+    blake3 ``derive_key`` (context :data:`TOKEN_CONTEXT`) over the node's signature of
+    :data:`TOKEN_LABEL`. Ed25519 signatures are deterministic (RFC 8032), so the token
+    survives restarts; the signature is never shown, so only this node knows it."""
+    return blake3.blake3(key.sign(TOKEN_LABEL), derive_key_context=TOKEN_CONTEXT).hexdigest()
 
 
 def presented(authorization: str | None, query: str) -> str | None:
