@@ -314,9 +314,7 @@ class Importer:
                 node = None
             if stat.S_ISDIR(st.st_mode):
                 if node is None:
-                    node = wt.new_inode(txn, wt.get(txn, ino).mimei, st.st_mode, st.st_uid, st.st_gid)
-                    wt.link_entry(txn, ino, name, node)
-                    wt.dirty_up(txn, node.ino)
+                    node = wt.new_child(txn, ino, name, st.st_mode, st.st_uid, st.st_gid)
                 subdirs.append((join(path, name), node.ino, st))
             elif stat.S_ISREG(st.st_mode):
                 if (node is not None and node.size == st.st_size and node.mtime_ns == st.st_mtime_ns
@@ -331,10 +329,8 @@ class Importer:
                     wt.remove_tree(txn, ino, name, node, self.e.is_open)
                     node = None
                 if node is None:
-                    node = wt.new_inode(txn, wt.get(txn, ino).mimei, st.st_mode, st.st_uid, st.st_gid,
+                    node = wt.new_child(txn, ino, name, st.st_mode, st.st_uid, st.st_gid,
                                         st.st_rdev if not target else 0, target)
-                    wt.link_entry(txn, ino, name, node)
-                    wt.dirty_up(txn, node.ino)
                 self._set_attrs(txn, wt.get(txn, node.ino), st)
         self.stats["skipped"] += skipped
         for item in pending:
@@ -359,11 +355,7 @@ class Importer:
 
     def _set_attrs(self, txn, node: Inode, st: os.stat_result) -> None:
         """Copy mode, owner and mtime from the source; dirty the parents if any changed."""
-        mode = stat.S_IFMT(node.mode) | stat.S_IMODE(st.st_mode)
-        if (node.mode, node.uid, node.gid, node.mtime_ns) != (mode, st.st_uid, st.st_gid, st.st_mtime_ns):
-            node.mode, node.uid, node.gid, node.mtime_ns = mode, st.st_uid, st.st_gid, st.st_mtime_ns
-            self.wt.save(txn, node)
-            self.wt.dirty_up(txn, node.ino)
+        self.wt.set_source_attrs(txn, node, st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns)
 
     # -- the file pipeline ----------------------------------------------------------------
     def _queue(self, item) -> None:
@@ -442,22 +434,15 @@ class Importer:
             self.stats["errors"].append(f"{os.fsdecode(path)}: {e.strerror}")
             return
         if cino is None:
-            node = wt.new_inode(txn, wt.get(txn, parent).mimei, st.st_mode, st.st_uid, st.st_gid)
-            wt.link_entry(txn, parent, name, node)
+            node = wt.new_child(txn, parent, name, st.st_mode, st.st_uid, st.st_gid, dirty=False)
         else:
             node = wt.get(txn, cino)
-            wt.drop_data(txn, node.ino)
-        node = wt.get(txn, node.ino)
-        node.size = node.aux = size
-        node.base = node.frozen = h
         node.mode = stat.S_IFREG | stat.S_IMODE(st.st_mode)
         node.uid, node.gid, node.mtime_ns = st.st_uid, st.st_gid, st.st_mtime_ns
         xs = _user_xattrs(path)
         if xs:
-            for k, v in xs:
-                txn.put(ikey(node.ino) + k, v, db=wt.d_xattrs)
-            node.flags |= 1
-        wt.save(txn, node)
+            wt.add_xattrs(txn, node, xs)
+        wt.set_content(txn, node, h, size)
         wt.dirty_up(txn, node.ino)
         self.stats["files"] += 1
         self.stats["bytes_read"] += size

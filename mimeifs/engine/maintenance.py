@@ -24,7 +24,7 @@ import blake3
 
 from .. import ids
 from . import blocks, objects, packs
-from .worktree import ZERO32, Inode
+from .worktree import ZERO32
 
 
 def _walk_versions(txn, e, on_version):
@@ -171,8 +171,7 @@ def check(engine, progress: Callable[[int], None] | None = None) -> dict:
 
         _walk_versions(txn, e, on_version)
 
-        for k, v in txn.cursor(db=e.wt.d_inodes):
-            node = Inode.unpack(int.from_bytes(k, "big"), v)
+        for node in e.wt.inodes(txn):
             if node.is_reg and node.base != ZERO32:
                 manifest_ok(node.base, f"cur inode {node.ino}")
         for k in txn.cursor(db=e.d_mac).iternext(values=False):
@@ -214,8 +213,7 @@ def gc(engine) -> dict:
                 mark_tree(root)
             else:
                 live_manifests.add(root)
-        for k, v in txn.cursor(db=e.wt.d_inodes):
-            node = Inode.unpack(int.from_bytes(k, "big"), v)
+        for node in e.wt.inodes(txn):
             if node.is_reg and node.base != ZERO32:
                 live_manifests.add(node.base)
             if node.is_dir and node.frozen != ZERO32:

@@ -1,0 +1,113 @@
+"""cur's file data: pages written since the last backup over a base manifest.
+
+Part of ``cur`` (see :mod:`mimeifs.engine.worktree`). ``pages``: ino + page number ->
+bytes written since the last backup, in :data:`PAGE`-sized pages (the last page of a
+file may be shorter; missing tail bytes read as zeros). A page present overrides the
+base; absent, the base (the file's last frozen content, ``Inode.base``) shows below the
+base limit ``Inode.aux`` and zeros above.
+"""
+
+from __future__ import annotations
+
+from .inode import PAGE, ZERO32, Inode, _Q, ikey
+
+
+class DataPages:
+    """Mixin of :class:`mimeifs.engine.worktree.Worktree`: reads and writes of file
+    bytes inside a caller's transaction. Expects ``self.d_pages``, ``d_blocks``,
+    ``d_manifests``, ``objs`` (ObjectCache) and ``chunks`` (ChunkCache)."""
+
+    def drop_data(self, txn, ino: int, from_page: int = 0) -> None:
+        """Delete the pages of ``ino`` numbered ``from_page`` and up."""
+        pre = ikey(ino)
+        with txn.cursor(db=self.d_pages) as c:
+            if not c.set_range(pre + _Q.pack(from_page)):
+                return
+            while True:
+                k = c.key()
+                if not k or k[:8] != pre:
+                    break
+                c.delete()
+
+    def _base_bytes(self, txn, node: Inode, start: int, end: int) -> bytes:
+        """Bytes of the base content in [start, end), clipped to the base limit."""
+        end = min(end, node.aux)
+        if node.base == ZERO32 or start >= end:
+            return b""
+        m = self.objs.manifest(txn, self.d_manifests, node.base)
+        return m.read(txn, self.d_blocks, start, end - start, self.chunks)
+
+    def page_bytes(self, txn, node: Inode, p: int) -> bytes:
+        """Current bytes of page ``p`` (may be shorter than PAGE: the rest is zeros)."""
+        raw = txn.get(ikey(node.ino) + _Q.pack(p), db=self.d_pages)
+        if raw is not None:
+            return raw
+        start = p * PAGE
+        return self._base_bytes(txn, node, start, min(start + PAGE, node.size))
+
+    def read_node(self, txn, node: Inode, offset: int, size: int) -> bytes:
+        """Bytes [offset, offset+size) of a regular file, clipped to its size.
+
+        Works with a ``buffers=True`` transaction (pages are joined once, no other copy).
+        """
+        end = min(node.size, offset + size)
+        if offset >= end:
+            return b""
+        if node.frozen != ZERO32:  # clean: no pages, whole base visible
+            return self._base_bytes(txn, node, offset, end)
+        parts = []
+        pre = ikey(node.ino)
+        pos = offset
+        p = offset // PAGE
+        while pos < end:
+            pstart = p * PAGE
+            raw = txn.get(pre + _Q.pack(p), db=self.d_pages)
+            if raw is None:
+                raw = self._base_bytes(txn, node, pstart, min(pstart + PAGE, node.size))
+            s, e = pos - pstart, min(end, pstart + PAGE) - pstart
+            seg = raw[s:e]
+            parts.append(seg)
+            if len(seg) < e - s:  # a short page: the rest is a hole
+                parts.append(bytes(e - s - len(seg)))
+            pos = pstart + e
+            p += 1
+        return parts[0] if len(parts) == 1 and isinstance(parts[0], bytes) else b"".join(parts)
+
+    def write_node(self, txn, node: Inode, offset: int, data: bytes) -> None:
+        """Write ``data`` at ``offset`` (extending, sparse where a gap opens)."""
+        end = offset + len(data)
+        mv = memoryview(data)
+        pre = ikey(node.ino)
+        p = offset // PAGE
+        while p * PAGE < end:
+            pstart = p * PAGE
+            s, e = max(offset, pstart), min(end, pstart + PAGE)
+            if s == pstart and (e == pstart + PAGE or e >= node.size):
+                # covers the page from its start to its end or to (past) the old EOF:
+                # no old byte of this page survives (LMDB copies the view: no copy here)
+                page = mv[s - offset:e - offset]
+            else:
+                buf = bytearray(self.page_bytes(txn, node, p))
+                if len(buf) < e - pstart:
+                    buf.extend(bytes(e - pstart - len(buf)))
+                buf[s - pstart:e - pstart] = mv[s - offset:e - offset]
+                page = buf
+            txn.put(pre + _Q.pack(p), page, db=self.d_pages)
+            p += 1
+        if end > node.size:
+            node.size = end
+
+    def truncate_node(self, txn, node: Inode, size: int) -> None:
+        """Set the file size; shrinking drops pages past it and hides base bytes past it."""
+        if size < node.size:
+            last = size // PAGE
+            pre = ikey(node.ino)
+            if size % PAGE:
+                data = self.page_bytes(txn, node, last)
+                txn.put(pre + _Q.pack(last), bytes(data[:size % PAGE]), db=self.d_pages)
+                self.drop_data(txn, node.ino, last + 1)
+            else:
+                self.drop_data(txn, node.ino, last)
+            node.aux = min(node.aux, size)
+        node.size = size
+
