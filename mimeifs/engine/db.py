@@ -11,6 +11,19 @@ LMDB gives ACID transactions and many readers with one writer across processes. 
 is large and sparse (1 TiB by default). A write transaction must stay on the thread that
 opened it, so every write here is begun, filled and committed inside one call.
 
+Space (issue 11 items 3 and 4). *The map*: before each write transaction the store grows
+the map (``env.set_mapsize``, doubling) once three quarters of it are in use, with no
+transaction of this process open (a gate every transaction passes); a transaction that
+still fills it fails with :class:`StoreFull` (ENOSPC) after the map has grown, and a
+map another process grew is adopted. *The disk*: ``<store>/reserve`` holds
+:data:`RESERVE` bytes while there is room. When a commit fails because the store's
+filesystem is full, the reserve is released (so deletes, ``gc``, ``mount.json`` and the
+daemon's own bookkeeping can still commit), the caller gets :class:`StoreFull`, and the
+store enters *low-space mode*: a transaction that may grow the store (``write(room=True)``,
+the default) is refused at once with ENOSPC, without touching LMDB, until a
+transaction that frees space (``write(room=False)``) commits or the filesystem has
+twice the reserve free again.
+
 Named sub-databases are opened on first use with :meth:`Store.db`; the engine's names are
 listed in :data:`ENGINE_DBS`. Other layers use their own prefix (``ledger.``, ``credit.``,
 ``net.``) and never touch the engine's.
@@ -19,17 +32,24 @@ listed in :data:`ENGINE_DBS`. Other layers use their own prefix (``ledger.``, ``
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
 import struct
 import threading
+import time
 from typing import Iterator
 
 import lmdb
 
 from ..ids import NodeKey
 
+log = logging.getLogger("mimeifs.store")
+
 DEFAULT_MAP_SIZE = 1 << 40  # 1 TiB, sparse
-FORMAT_VERSION = b"1"
+RESERVE = 8 << 20  # bytes kept in <store>/reserve for deletes on a full filesystem
+GROW_AT = 0.75     # grow the map once this share of it is in use
+FORMAT_VERSION = b"2"  # 2: cur pages carry checksums (pages.py); 1 is upgraded on open
 
 #: Engine sub-databases: name -> what a record holds (see each module's docstring).
 ENGINE_DBS = {
@@ -56,6 +76,21 @@ ENGINE_DBS = {
 
 class StoreError(Exception):
     """A store cannot be opened or created (missing, already there, unreadable)."""
+
+
+class StoreFull(OSError):
+    """The store's filesystem or its LMDB map is full: ``errno`` is ENOSPC and the
+    message says which and what the user can do."""
+
+    def __init__(self, msg: str):
+        super().__init__(errno.ENOSPC, msg)
+
+
+def free_bytes(path: str) -> int:
+    """Bytes this process may still write on the filesystem holding ``path`` (root may
+    use the blocks reserved for root)."""
+    s = os.statvfs(path)
+    return (s.f_bfree if os.geteuid() == 0 else s.f_bavail) * s.f_frsize
 
 
 def scan_prefix(txn, db, prefix: bytes, values: bool = True):
@@ -101,8 +136,17 @@ class Store:
         self.node_id = key.id
         self._dbs: dict[str, object] = {}
         self._lock = threading.Lock()
+        # the gate: transactions of this process in flight, and a map resize waiting
+        self._gate = threading.Condition()
+        self._active = 0
+        self._resizing = False
+        self._depth = threading.local()
+        self._psize = env.stat()["psize"]
+        self.low_space: str | None = None  # why growing writes are refused, or None
+        self._space_checked = 0.0
         for name in ENGINE_DBS:
             self.db(name)
+        self._keep_reserve()
 
     # -- lifecycle -------------------------------------------------------------------
     @staticmethod
@@ -154,6 +198,13 @@ class Store:
         store = cls(path, env, key)
         with store.read() as txn:
             fmt = txn.get(b"format", db=store.db("meta"))
+        if fmt == b"1":
+            from .pages import seal_all  # format 1 -> 2: checksum every cur page
+            with store.write() as txn:
+                seal_all(txn, store.db("pages"))
+                txn.put(b"format", FORMAT_VERSION, db=store.db("meta"))
+            store.sync()
+            fmt = FORMAT_VERSION
         if fmt != FORMAT_VERSION:
             raise StoreError(f"{path}: unknown store format {fmt!r}")
         return store
@@ -186,6 +237,151 @@ class Store:
                     self._dbs[name] = d
         return d
 
+    # -- the gate: no transaction open while the map is resized ---------------------
+    def _enter(self) -> None:
+        d = self._depth
+        n = getattr(d, "n", 0)
+        d.n = n + 1
+        with self._gate:
+            while self._resizing and n == 0:  # a thread inside a transaction goes on
+                self._gate.wait()
+            self._active += 1
+
+    def _leave(self) -> None:
+        self._depth.n -= 1
+        with self._gate:
+            self._active -= 1
+            if self._resizing and self._active == 0:
+                self._gate.notify_all()
+
+    def _resize(self, size: int) -> bool:
+        """``env.set_mapsize(size)`` (0: adopt another process's size) once no
+        transaction of this process is open (waits up to 5 s). Returns whether done."""
+        if getattr(self._depth, "n", 0):
+            return False  # this thread is inside a transaction: never wait for itself
+        with self._gate:
+            if self._resizing:
+                return False
+            self._resizing = True
+            try:
+                deadline = time.monotonic() + 5.0
+                while self._active:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self._gate.wait(left)
+                self.env.set_mapsize(size)
+                return True
+            finally:
+                self._resizing = False
+                self._gate.notify_all()
+
+    def map_used(self) -> tuple[int, int]:
+        """(bytes of the map in use, map size)."""
+        i = self.env.info()
+        return (i["last_pgno"] + 1) * self._psize, i["map_size"]
+
+    def grow_map(self, need: int = 0) -> bool:
+        """Double the map (at least to twice what is used plus ``need``)."""
+        used, size = self.map_used()
+        new = max(size * 2, 2 * (used + need))
+        if self._resize(new):
+            log.info("LMDB map grown from %d to %d bytes (%d in use)", size, new, used)
+            return True
+        return False
+
+    def _begin(self, write: bool, buffers: bool = False):
+        try:
+            return self.env.begin(write=write, buffers=buffers)
+        except lmdb.MapResizedError:  # another process grew the map: adopt its size
+            self._leave()
+            try:
+                self._resize(0)
+            finally:
+                self._enter()
+            return self.env.begin(write=write, buffers=buffers)
+
+    # -- the disk: a reserve and low-space mode --------------------------------------
+    def _reserve_path(self) -> str:
+        return os.path.join(self.path, "reserve")
+
+    def _keep_reserve(self) -> None:
+        """Create ``<store>/reserve`` if it is missing and there is room for it (with
+        room to spare); else enter low-space mode if the filesystem is nearly full."""
+        p = self._reserve_path()
+        try:
+            if os.path.getsize(p) >= RESERVE:
+                return
+        except OSError:
+            pass
+        try:
+            free = free_bytes(self.path)
+        except OSError:
+            return
+        if free < 2 * RESERVE:
+            if free < RESERVE:
+                self.low_space = f"the store's filesystem is full ({free} bytes free)"
+            return
+        try:
+            fd = os.open(p, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, RESERVE)
+            finally:
+                os.close(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(p)
+
+    def release_reserve(self) -> bool:
+        """Delete ``<store>/reserve`` (on a full filesystem). Returns whether it was there."""
+        try:
+            os.unlink(self._reserve_path())
+        except OSError:
+            return False
+        log.warning("store filesystem full: released the %d-byte reserve so deletes "
+                    "and gc can commit", RESERVE)
+        return True
+
+    def write_small_file(self, name: str, data: bytes) -> None:
+        """Write ``<store>/<name>`` (e.g. ``mount.json``), releasing the reserve and
+        trying once more if the filesystem is full."""
+        path = os.path.join(self.path, name)
+        for attempt in (0, 1):
+            try:
+                with open(path, "wb") as f:
+                    f.write(data)
+                return
+            except OSError as e:
+                if e.errno != errno.ENOSPC or attempt or not self.release_reserve():
+                    raise
+
+    def _check_room(self) -> None:
+        """Raise :class:`StoreFull` while in low-space mode (re-checked every 0.5 s)."""
+        why = self.low_space
+        if why is None:
+            return
+        now = time.monotonic()
+        if now - self._space_checked > 0.5:
+            self._space_checked = now
+            with contextlib.suppress(OSError):
+                if free_bytes(self.path) >= 2 * RESERVE:
+                    self.low_space = None
+                    self._keep_reserve()
+                    log.info("store filesystem has room again: writes accepted")
+                    return
+        raise StoreFull(f"{why}: delete files or versions (then run gc) to make room")
+
+    def _disk_full(self, e: Exception) -> bool:
+        """Whether LMDB error ``e`` comes from a full filesystem (LMDB reports a short
+        write as EIO, so the free space decides)."""
+        if "No space" in str(e):
+            return True
+        try:
+            return free_bytes(self.path) < 1 << 20
+        except OSError:
+            return False
+
+    # -- transactions --------------------------------------------------------------------
     @contextlib.contextmanager
     def read(self, buffers: bool = False) -> Iterator[lmdb.Transaction]:
         """A read-only transaction (a consistent snapshot).
@@ -193,20 +389,62 @@ class Store:
         With ``buffers=True`` its ``get`` returns zero-copy memoryviews into the map,
         valid only until the transaction ends: copy (join) before leaving.
         """
-        txn = self.env.begin(write=False, buffers=buffers)
+        self._enter()
         try:
-            yield txn
+            txn = self._begin(False, buffers)
+            try:
+                yield txn
+            finally:
+                txn.abort()
         finally:
-            txn.abort()
+            self._leave()
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[lmdb.Transaction]:
-        """A write transaction: committed on normal exit, aborted on an exception."""
-        txn = self.env.begin(write=True)
+    def write(self, room: bool = True) -> Iterator[lmdb.Transaction]:
+        """A write transaction: committed on normal exit, aborted on an exception.
+
+        ``room=False`` marks a transaction that frees space (unlink, rm, gc, orphans):
+        it runs in low-space mode too, and its commit ends that mode. Raises
+        :class:`StoreFull` (ENOSPC) when the map or the filesystem is full.
+        """
+        if room:
+            self._check_room()
+        if not getattr(self._depth, "n", 0):
+            used, size = self.map_used()
+            if used > size * GROW_AT:
+                self.grow_map()
+        full = None
+        self._enter()
         try:
-            yield txn
-        except BaseException:
-            txn.abort()
-            raise
-        else:
+            txn = self._begin(True)
+            try:
+                yield txn
+            except BaseException:
+                txn.abort()
+                raise
             txn.commit()
+        except lmdb.MapFullError:
+            full = "map"
+        except lmdb.Error as e:
+            if not self._disk_full(e):
+                raise
+            full = f"disk: {e}"
+        finally:
+            self._leave()
+        if full == "map":
+            used, size = self.map_used()
+            grown = self.grow_map(need=size // 4)
+            log.warning("LMDB map full at %d bytes%s", size, "; grown" if grown else "")
+            raise StoreFull(f"the store's LMDB map was full ({size} bytes)"
+                            + ("; it has grown: run the command again" if grown else ""))
+        if full is not None:
+            free = -1
+            with contextlib.suppress(OSError):
+                free = free_bytes(self.path)
+            self.low_space = f"the store's filesystem is full ({free} bytes free)"
+            log.error("write refused: %s (%s)", self.low_space, full)
+            self.release_reserve()
+            raise StoreFull(f"{self.low_space}: delete files or versions (then run gc) "
+                            "to make room")
+        if not room and self.low_space is not None:
+            self.low_space = None  # something was freed: let writers try again

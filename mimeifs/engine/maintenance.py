@@ -4,7 +4,7 @@ check — every MiMei info and version record signature (ed25519), every tree (d
 and its hash is blake3-derive-key of its encoding), every manifest (decodes, chunk
 lengths add up, the content's blake3 is its key), every chunk (its pack decompresses and
 hashes to its id, the chunk's slice matches its blake3; old per-chunk values decompress
-and match), every cur inode's base manifest. Each object is checked once however many
+and match), every cur inode's base manifest, every cur data page's checksum (``pages``). Each object is checked once however many
 versions share it.
 
 gc — mark and sweep, as ``git gc`` and ``restic prune``: live = everything reachable from
@@ -23,7 +23,7 @@ from typing import Callable
 import blake3
 
 from .. import ids
-from . import blocks, objects, packs
+from . import blocks, objects, packs, pages
 from .worktree import ZERO32
 
 
@@ -176,6 +176,7 @@ def check(engine, progress: Callable[[int], None] | None = None) -> dict:
                 manifest_ok(node.base, f"cur inode {node.ino}")
         for k in txn.cursor(db=e.d_mac).iternext(values=False):
             manifest_ok(bytes(k), f"Mac file {bytes(k).hex()}")
+        problems.extend(pages.check_pages(txn, e.wt.d_pages))
     return dict(counts, problems=problems)
 
 
@@ -188,7 +189,7 @@ def gc(engine) -> dict:
     cannot be read is left as it is (``check`` reports it).
     """
     e = engine
-    with e.store.write() as txn:
+    with e.store.write(room=False) as txn:
         live_trees: set[bytes] = set()
         live_manifests: set[bytes] = set()
 

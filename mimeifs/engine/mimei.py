@@ -222,7 +222,7 @@ class Engine:
         who = self.referrers(mimei)
         if who:
             raise MiMeiError(errno.EBUSY, f"{mimei} is referenced by {', '.join(who)}; remove those references first")
-        with self.store.write() as txn:
+        with self.store.write(room=False) as txn:
             st = self._state(txn, m20)
             info = self._info(txn, m20)
             root = self.wt.get(txn, st["cur"])
@@ -275,7 +275,7 @@ class Engine:
         s20, d20 = _id20(src), _id20(dst)
         if not self.can_write(s20):
             raise MiMeiError(errno.EACCES, f"{src} was not authored by this node")
-        with self.store.write() as txn:
+        with self.store.write(room=False) as txn:
             if not txn.delete(s20 + d20, db=self.d_refs):
                 raise MiMeiError(errno.ENOENT, f"{src} does not reference {dst}")
             txn.delete(d20 + s20, db=self.d_refs_in)

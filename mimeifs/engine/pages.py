@@ -5,11 +5,75 @@ bytes written since the last backup, in :data:`PAGE`-sized pages (the last page 
 file may be shorter; missing tail bytes read as zeros). A page present overrides the
 base; absent, the base (the file's last frozen content, ``Inode.base``) shows below the
 base limit ``Inode.aux`` and zeros above.
+
+Every stored page carries a checksum (:data:`SUM` bytes at its end): the first 8 bytes
+of blake3 over the page's key and bytes, so a flipped bit or a page stored under
+another key is caught. Versions are protected by their content hashes; these are what
+protect bytes written since the last backup. Every read of a page verifies it and
+raises :class:`blocks.CorruptBlock` (EIO at the door, logged with inode and page) rather
+than return wrong bytes; ``mimeifs check`` verifies every page (:func:`check_pages`).
+blake3 hashes 64 KiB at ~4 GB/s here (zlib.crc32: ~2 GB/s), and it is already the
+store's hash.
 """
 
 from __future__ import annotations
 
+import logging
+
+import blake3
+
+from .blocks import CorruptBlock
+from .db import scan_prefix
 from .inode import PAGE, ZERO32, Inode, _Q, ikey
+
+log = logging.getLogger("mimeifs.engine")
+
+SUM = 8  # checksum bytes at the end of every stored page
+
+
+def page_sum(key: bytes, data) -> bytes:
+    """The checksum of page ``data`` stored under ``key`` (ino + page number)."""
+    h = blake3.blake3(key)
+    h.update(data)
+    return h.digest(length=SUM)
+
+
+def seal(key: bytes, data) -> bytes:
+    """The stored value of page ``data`` under ``key``: data + checksum."""
+    return b"".join((data, page_sum(key, data)))
+
+
+def unseal(key: bytes, raw):
+    """The page bytes of stored value ``raw`` (a slice of it: a memoryview stays one).
+
+    Raises :class:`CorruptBlock` (and logs it) if the checksum does not match."""
+    data = raw[:-SUM]
+    if len(raw) < SUM or page_sum(key, data) != raw[-SUM:]:
+        ino, p = _Q.unpack(key[:8])[0], _Q.unpack(key[8:16])[0]
+        log.error("cur inode %d page %d: checksum mismatch (stored page damaged)", ino, p)
+        raise CorruptBlock(f"cur inode {ino} page {p}: checksum mismatch")
+    return data
+
+
+def check_pages(txn, d_pages) -> list[str]:
+    """Verify every stored cur page; one problem string per bad page."""
+    problems = []
+    for k, v in scan_prefix(txn, d_pages, b""):
+        try:
+            unseal(k, v)
+        except CorruptBlock as e:
+            problems.append(str(e))
+    return problems
+
+
+def seal_all(txn, d_pages) -> int:
+    """Add checksums to every page of a store written before they existed (format 1).
+    Returns the number of pages sealed."""
+    n = 0
+    for k, v in list(scan_prefix(txn, d_pages, b"")):
+        txn.put(k, seal(k, v), db=d_pages)
+        n += 1
+    return n
 
 
 class DataPages:
@@ -39,9 +103,10 @@ class DataPages:
 
     def page_bytes(self, txn, node: Inode, p: int) -> bytes:
         """Current bytes of page ``p`` (may be shorter than PAGE: the rest is zeros)."""
-        raw = txn.get(ikey(node.ino) + _Q.pack(p), db=self.d_pages)
+        key = ikey(node.ino) + _Q.pack(p)
+        raw = txn.get(key, db=self.d_pages)
         if raw is not None:
-            return raw
+            return unseal(key, raw)
         start = p * PAGE
         return self._base_bytes(txn, node, start, min(start + PAGE, node.size))
 
@@ -61,8 +126,11 @@ class DataPages:
         p = offset // PAGE
         while pos < end:
             pstart = p * PAGE
-            raw = txn.get(pre + _Q.pack(p), db=self.d_pages)
-            if raw is None:
+            key = pre + _Q.pack(p)
+            raw = txn.get(key, db=self.d_pages)
+            if raw is not None:
+                raw = unseal(key, raw)
+            else:
                 raw = self._base_bytes(txn, node, pstart, min(pstart + PAGE, node.size))
             s, e = pos - pstart, min(end, pstart + PAGE) - pstart
             seg = raw[s:e]
@@ -84,7 +152,7 @@ class DataPages:
             s, e = max(offset, pstart), min(end, pstart + PAGE)
             if s == pstart and (e == pstart + PAGE or e >= node.size):
                 # covers the page from its start to its end or to (past) the old EOF:
-                # no old byte of this page survives (LMDB copies the view: no copy here)
+                # no old byte of this page survives
                 page = mv[s - offset:e - offset]
             else:
                 buf = bytearray(self.page_bytes(txn, node, p))
@@ -92,7 +160,8 @@ class DataPages:
                     buf.extend(bytes(e - pstart - len(buf)))
                 buf[s - pstart:e - pstart] = mv[s - offset:e - offset]
                 page = buf
-            txn.put(pre + _Q.pack(p), page, db=self.d_pages)
+            key = pre + _Q.pack(p)
+            txn.put(key, seal(key, page), db=self.d_pages)
             p += 1
         if end > node.size:
             node.size = end
@@ -104,7 +173,8 @@ class DataPages:
             pre = ikey(node.ino)
             if size % PAGE:
                 data = self.page_bytes(txn, node, last)
-                txn.put(pre + _Q.pack(last), bytes(data[:size % PAGE]), db=self.d_pages)
+                key = pre + _Q.pack(last)
+                txn.put(key, seal(key, data[:size % PAGE]), db=self.d_pages)
                 self.drop_data(txn, node.ino, last + 1)
             else:
                 self.drop_data(txn, node.ino, last)

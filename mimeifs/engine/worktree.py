@@ -140,7 +140,7 @@ class Worktree(InodeTable, DataPages):
 
     def unlink(self, parent: int, name: bytes, is_open=lambda ino: False, rmdir: bool = False) -> None:
         """Remove a non-directory (or, with ``rmdir``, an empty directory)."""
-        with self.store.write() as txn:
+        with self.store.write(room=False) as txn:
             p = self.get(txn, parent)
             self.writable(p)
             c = self.child(txn, parent, name)
@@ -234,8 +234,9 @@ class Worktree(InodeTable, DataPages):
     def setattr(self, ino: int, mode: int | None = None, uid: int | None = None,
                 gid: int | None = None, size: int | None = None, atime_ns: int | None = None,
                 mtime_ns: int | None = None) -> Inode:
-        """chmod / chown / truncate / utimens in one transaction; returns the new inode."""
-        with self.store.write() as txn:
+        """chmod / chown / truncate / utimens in one transaction; returns the new inode.
+        A truncate to 0 runs on a full store (it frees space)."""
+        with self.store.write(room=size != 0) as txn:
             node = self.get(txn, ino)
             self.writable(node)
             t = now_ns()
@@ -278,7 +279,7 @@ class Worktree(InodeTable, DataPages):
 
     def forget(self, ino: int) -> None:
         """The last user of ``ino`` let go: free it if it is an unlinked orphan."""
-        with self.store.write() as txn:
+        with self.store.write(room=False) as txn:
             if txn.get(ikey(ino), db=self.d_orphans) is None:
                 return
             try:
@@ -293,7 +294,7 @@ class Worktree(InodeTable, DataPages):
 
     def reap_orphans(self) -> int:
         """Free every orphan (at mount time: nothing can hold them). Returns the count."""
-        with self.store.write() as txn:
+        with self.store.write(room=False) as txn:
             inos = [_Q.unpack(k)[0] for k in txn.cursor(db=self.d_orphans).iternext(values=False)]
             for ino in inos:
                 try:
@@ -341,7 +342,7 @@ class Worktree(InodeTable, DataPages):
             self.touched(txn, node, content=False)
 
     def removexattr(self, ino: int, name: bytes) -> None:
-        with self.store.write() as txn:
+        with self.store.write(room=False) as txn:
             node = self.get(txn, ino)
             self.writable(node)
             if not txn.delete(ikey(ino) + name, db=self.d_xattrs):
