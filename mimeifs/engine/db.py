@@ -43,6 +43,7 @@ from typing import Iterator
 import lmdb
 
 from ..ids import NodeKey
+from .errors import NoSpace
 
 log = logging.getLogger("mimeifs.store")
 
@@ -78,12 +79,9 @@ class StoreError(Exception):
     """A store cannot be opened or created (missing, already there, unreadable)."""
 
 
-class StoreFull(OSError):
+class StoreFull(NoSpace):
     """The store's filesystem or its LMDB map is full: ``errno`` is ENOSPC and the
     message says which and what the user can do."""
-
-    def __init__(self, msg: str):
-        super().__init__(errno.ENOSPC, msg)
 
 
 def free_bytes(path: str) -> int:

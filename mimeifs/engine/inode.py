@@ -7,8 +7,8 @@ content hash of the file's last frozen content (its manifest), ``aux`` is, for f
 the *base limit* (base bytes at or past it read as holes after a shrinking truncate)
 and, for directories, the total file bytes below when frozen. ``frozen`` is the file's
 content hash / the directory's tree hash while unchanged since the last backup, all
-zeros when dirty. ``flags`` bit 0: the inode has xattrs. Errors are ``OSError`` with a
-POSIX errno (:func:`fserr`).
+zeros when dirty. ``flags`` bit 0: the inode has xattrs. Errors are :class:`EngineError`
+with a POSIX errno (:func:`fserr`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import stat
 import struct
 import time
 from dataclasses import dataclass
+
+from .errors import EngineError
 
 PAGE = 64 * 1024
 ZERO32 = bytes(32)
@@ -38,9 +40,9 @@ def ikey(ino: int) -> bytes:
     return _Q.pack(ino)
 
 
-def fserr(code: int, msg: str = "") -> OSError:
-    """An OSError carrying a POSIX errno (what FUSE handlers turn into replies)."""
-    return OSError(code, msg or os.strerror(code))
+def fserr(code: int, msg: str = "") -> EngineError:
+    """An :class:`EngineError` carrying a POSIX errno (what doors turn into replies)."""
+    return EngineError(code, msg or os.strerror(code))
 
 
 @dataclass(slots=True)

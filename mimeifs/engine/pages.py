@@ -22,7 +22,7 @@ import logging
 
 import blake3
 
-from .blocks import CorruptBlock
+from .errors import Corrupt as CorruptBlock
 from .db import scan_prefix
 from .inode import PAGE, ZERO32, Inode, _Q, ikey
 

@@ -13,7 +13,7 @@ The parts, one module each:
   commits without fsync; ``Store.sync`` is the durability point), so other processes —
   the CLI beside a running mount — see each change at once.
 
-Errors are ``OSError`` with a POSIX errno.
+Errors are :class:`~mimeifs.engine.errors.EngineError` with a POSIX errno.
 """
 
 from __future__ import annotations
