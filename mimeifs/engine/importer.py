@@ -437,12 +437,11 @@ class Importer:
             node = wt.new_child(txn, parent, name, st.st_mode, st.st_uid, st.st_gid, dirty=False)
         else:
             node = wt.get(txn, cino)
-        node.mode = stat.S_IFREG | stat.S_IMODE(st.st_mode)
-        node.uid, node.gid, node.mtime_ns = st.st_uid, st.st_gid, st.st_mtime_ns
         xs = _user_xattrs(path)
         if xs:
             wt.add_xattrs(txn, node, xs)
         wt.set_content(txn, node, h, size)
+        wt.set_source_attrs(txn, node, st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns)
         wt.dirty_up(txn, node.ino)
         self.stats["files"] += 1
         self.stats["bytes_read"] += size

@@ -137,6 +137,14 @@ def now_ns() -> int:
     return time.time_ns()
 
 
+def check_len(name: bytes) -> None:
+    """ENAMETOOLONG for a name over :data:`NAME_MAX` bytes: what every operation that
+    takes a name answers first, lookups and removals of names that do not exist
+    included (POSIX; ext4 does the same)."""
+    if len(name) > NAME_MAX:
+        raise fserr(errno.ENAMETOOLONG)
+
+
 def check_name(name: bytes) -> None:
     """Refuse names POSIX forbids: empty, '.', '..', with '/' or NUL, over 255 bytes."""
     if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:

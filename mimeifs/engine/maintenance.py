@@ -23,7 +23,7 @@ from typing import Callable
 import blake3
 
 from .. import ids
-from . import blocks, objects, packs, pages, remote
+from . import blocks, objects, packs, remote
 from .errors import ChunkMissing
 from .worktree import ZERO32
 
@@ -185,7 +185,7 @@ def check(engine, progress: Callable[[int], None] | None = None) -> dict:
                 manifest_ok(node.base, f"cur inode {node.ino}")
         for k in txn.cursor(db=e.d_mac).iternext(values=False):
             manifest_ok(bytes(k), f"Mac file {bytes(k).hex()}")
-        problems.extend(pages.check_pages(txn, e.wt.d_pages))
+        problems.extend(e.wt.verify_pages(txn))
     return dict(counts, problems=problems)
 
 

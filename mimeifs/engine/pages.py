@@ -55,6 +55,19 @@ def unseal(key: bytes, raw):
     return data
 
 
+def scan_prefix_views(txn, db, prefix: bytes):
+    """``(key, value)`` of every record under ``prefix``, without copying values (a
+    ``buffers=True`` transaction gives memoryviews)."""
+    n = len(prefix)
+    with txn.cursor(db=db) as c:
+        if not c.set_range(prefix):
+            return
+        for k, v in c.iternext(values=True):
+            if bytes(k[:n]) != prefix:
+                return
+            yield k, v
+
+
 def check_pages(txn, d_pages) -> list[str]:
     """Verify every stored cur page; one problem string per bad page."""
     problems = []
@@ -76,10 +89,61 @@ def seal_all(txn, d_pages) -> int:
     return n
 
 
+SPARSE_MIN = 1 << 20  # files below this size report their size as held (see held_bytes)
+_zero_hashes: dict[int, bytes] = {}
+_held_of_manifest: dict[bytes, int] = {}
+
+
+def _zero_hash(n: int) -> bytes:
+    """blake3 of ``n`` zero bytes (a chunk of a hole, as FastCDC cuts long zero runs)."""
+    h = _zero_hashes.get(n)
+    if h is None:
+        if len(_zero_hashes) > 4096:
+            _zero_hashes.clear()
+        h = _zero_hashes[n] = blake3.blake3(bytes(n)).digest()
+    return h
+
+
+def manifest_held(m) -> int:
+    """Bytes of a manifest's content that are not holes (chunks of zeros count as
+    holes, as a sparse file's holes are stored). Cached per content hash."""
+    v = _held_of_manifest.get(m.hash)
+    if v is None:
+        v = sum(n for h, n in zip(m.chunks, m.lengths) if h != _zero_hash(n))
+        if len(_held_of_manifest) > 65536:
+            _held_of_manifest.clear()
+        _held_of_manifest[m.hash] = v
+    return v
+
+
 class DataPages:
     """Mixin of :class:`mimeifs.engine.worktree.Worktree`: reads and writes of file
     bytes inside a caller's transaction. Expects ``self.d_pages``, ``d_blocks``,
     ``d_manifests``, ``objs`` (ObjectCache) and ``chunks`` (ChunkCache)."""
+
+    def verify_pages(self, txn) -> list[str]:
+        """Verify every stored cur page (``mimeifs check``): one problem string each."""
+        return check_pages(txn, self.d_pages)
+
+    def held_bytes(self, txn, node: Inode) -> int:
+        """Bytes of file data ``node`` really holds, for ``st_blocks`` (``du``): pages
+        written plus the base's non-hole bytes below the base limit, at most its size.
+        A file under :data:`SPARSE_MIN` counts as dense (its size); others cost one
+        scan of their pages' keys (``txn`` with ``buffers=True`` avoids copies) and one
+        manifest decode per content (cached)."""
+        if not node.is_reg:
+            return 0
+        if node.size < SPARSE_MIN:
+            return node.size
+        held = 0
+        if node.base != ZERO32 and node.aux > 0:
+            m = self.objs.manifest(txn, self.d_manifests, node.base)
+            held = min(manifest_held(m), node.aux)
+        if node.frozen == ZERO32:
+            pre = ikey(node.ino)
+            for _k, v in scan_prefix_views(txn, self.d_pages, pre):
+                held += len(v) - SUM
+        return min(held, node.size)
 
     def drop_data(self, txn, ino: int, from_page: int = 0) -> None:
         """Delete the pages of ``ino`` numbered ``from_page`` and up."""

@@ -22,10 +22,12 @@ import errno
 import stat
 
 from . import blocks, objects
-from .inode import (NAME_MAX, PAGE, ROOT_PARENT, ZERO32, Inode, _Q, check_name,  # noqa: F401
+from .inode import (NAME_MAX, PAGE, ROOT_PARENT, ZERO32, Inode, _Q, check_len, check_name,  # noqa: F401
                     clean_fields, fserr, ikey, now_ns, raw_mode, same_attrs, unchanged_file)
 from .inodetable import XATTRS, InodeTable
-from .pages import DataPages
+from .pages import SPARSE_MIN, DataPages
+
+MIMEI_ID_XATTR = b"user.mimei.id"
 
 
 class Worktree(InodeTable, DataPages):
@@ -46,6 +48,7 @@ class Worktree(InodeTable, DataPages):
         self.d_inodes, self.d_dirents, self.d_links = s.db("inodes"), s.db("dirents"), s.db("links")
         self.d_pages, self.d_xattrs, self.d_orphans = s.db("pages"), s.db("xattrs"), s.db("orphans")
         self.d_meta, self.d_blocks, self.d_manifests = s.db("meta"), s.db("blocks"), s.db("manifests")
+        self._held_cache: dict[tuple, int] = {}  # (ino, ctime, size, frozen) -> held bytes
 
     # ------------------------------------------------------------------ public ops
     def writable(self, node: Inode) -> None:
@@ -56,8 +59,29 @@ class Worktree(InodeTable, DataPages):
         with self.store.read() as txn:
             return self.get(txn, ino)
 
+    def st_blocks(self, node: Inode) -> int:
+        """``st_blocks`` (512-byte units) of a cur inode: the data it really holds, so
+        ``du`` of a sparse file shows its holes (:meth:`held_bytes`). 0 for anything
+        but a regular file."""
+        if not node.is_reg:
+            return 0
+        if node.size < SPARSE_MIN:
+            return (node.size + 511) // 512
+        key = (node.ino, node.ctime_ns, node.size, node.frozen)
+        cache = self._held_cache
+        held = cache.get(key)
+        if held is None:
+            with self.store.read(buffers=True) as txn:
+                held = self.held_bytes(txn, node)
+            if len(cache) > 4096:
+                cache.clear()
+            cache[key] = held
+        return (held + 511) // 512
+
     def lookup(self, parent: int, name: bytes) -> Inode:
-        """The child ``name`` of directory ``parent``. Raises ENOENT, ENOTDIR."""
+        """The child ``name`` of directory ``parent``. Raises ENOENT, ENOTDIR,
+        ENAMETOOLONG."""
+        check_len(name)
         with self.store.read() as txn:
             p = self.get(txn, parent)
             if not p.is_dir:
@@ -140,6 +164,7 @@ class Worktree(InodeTable, DataPages):
 
     def unlink(self, parent: int, name: bytes, is_open=lambda ino: False, rmdir: bool = False) -> None:
         """Remove a non-directory (or, with ``rmdir``, an empty directory)."""
+        check_len(name)
         with self.store.write(room=False) as txn:
             p = self.get(txn, parent)
             self.writable(p)
@@ -170,6 +195,7 @@ class Worktree(InodeTable, DataPages):
         write-temp-then-rename save. Raises ENOENT, EEXIST, ENOTEMPTY, EISDIR, ENOTDIR,
         EINVAL (directory into itself), EXDEV (across MiMei).
         """
+        check_len(n1)
         check_name(n2)
         with self.store.write() as txn:
             a = self.get(txn, p1)
@@ -320,6 +346,18 @@ class Worktree(InodeTable, DataPages):
         with self.store.read() as txn:
             self.get(txn, ino)
             return self.xattr_keys(txn, ino)
+
+    def xattr_names(self, ino: int) -> list[bytes]:
+        """What ``listxattr(2)`` of a cur inode shows: its stored xattrs plus the
+        synthesized ``user.mimei.id`` (which getxattr answers for every cur inode)."""
+        with self.store.read() as txn:
+            node = self.get(txn, ino)
+            names = self.xattr_keys(txn, ino) if node.flags & XATTRS else []
+            return [MIMEI_ID_XATTR] + [n for n in names if n != MIMEI_ID_XATTR]
+
+    def mimei_id_xattr(self, ino: int) -> bytes:
+        """The value of ``user.mimei.id`` on a cur inode: its MiMei ID in hex."""
+        return self.getattr(ino).mimei.hex().encode()
 
     def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
         """setxattr(2) with XATTR_CREATE (1) / XATTR_REPLACE (2)."""
