@@ -129,14 +129,23 @@ def checkout_entries(txn, wt: Worktree, parent: Inode, tree: objects.Tree) -> No
 
 
 def checkout(txn, wt: Worktree, root_ino: int, kind: str, root_hash: bytes, size: int,
-             is_open=lambda ino: False) -> None:
-    """Make cur (root ``root_ino``) equal to a version: clean, sharing its blocks."""
+             is_open=lambda ino: False) -> list[tuple[int, bytes]]:
+    """Make cur (root ``root_ino``) equal to a version: clean, sharing its blocks.
+
+    Returns the entries (parent inode, name) it removed: every name of cur's root, each
+    now naming a new inode or nothing. A door that caches names must drop these (a
+    kernel keeps an open file's dentry, which would send its writes to the old, now
+    unlinked inode). An inode still open (``is_open``) lives on as an unlinked-but-open
+    file until its last close, as POSIX has it."""
     root = wt.get(txn, root_ino)
     if kind == "file":
         wt.set_content(txn, root, root_hash, size)
-        return
+        return []
+    removed = []
     for name, cino in wt.list_dir(txn, root_ino):
         wt.remove_tree(txn, root_ino, name, wt.get(txn, cino), is_open)
+        removed.append((root_ino, name))
     root = wt.get(txn, root_ino)
     checkout_entries(txn, wt, root, wt.objs.tree(txn, wt.store.db("trees"), root_hash))
     wt.set_dir_frozen(txn, root_ino, root_hash, size)
+    return removed

@@ -360,18 +360,22 @@ class Engine:
         self.store.sync()
         return rec
 
-    def restore(self, mimei: str, n: int) -> None:
+    def restore(self, mimei: str, n: int) -> list[tuple[int, bytes]]:
         """cur := v/n, its content and its references (clean: the next backup costs
-        nothing if nothing changes). Raises ENOENT (no version n), EACCES."""
+        nothing if nothing changes). Raises ENOENT (no version n), EACCES.
+
+        Returns the cur entries (parent inode, name) it removed or replaced, which a
+        door must drop from its name caches (:func:`backup.checkout`)."""
         m20 = _id20(mimei)
         if not self.can_write(m20):
             raise MiMeiError(errno.EACCES, f"{mimei} was not authored by this node")
         rec = self.version(mimei, n)
         with self.store.write() as txn:
             st = self._state(txn, m20)
-            bk.checkout(txn, self.wt, st["cur"], rec["kind"], bytes.fromhex(rec["root"]),
-                        rec["size"], self.is_open)
+            removed = bk.checkout(txn, self.wt, st["cur"], rec["kind"],
+                                  bytes.fromhex(rec["root"]), rec["size"], self.is_open)
             self._set_refs(txn, m20, rec.get("refs", []))
+        return removed
 
     def _set_refs(self, txn, m20: bytes, targets: list[str]) -> None:
         """Make cur's references exactly ``targets`` (hex IDs); a target this store

@@ -197,3 +197,29 @@ def test_backup_importer_and_maintenance_leave_records_to_the_worktree():
                         r"\.flags\s*[|&]?=", r"wt\.save\(", r"node\.\w+(, *node\.\w+)* *=[^=]",
                         r"\.(base|frozen|aux)\s*=[^=]"):
             assert not re.search(pattern, src), (name, pattern)
+
+
+# ------------------------------------------------------------------ item 1
+def test_restore_keeps_an_open_file_alive_and_names_what_it_removed(fs):
+    e, mid, root = fs
+    kept = mkfile(e, root, b"kept", b"v0")
+    e.backup(mid)
+    h = mkfile(e, root, b"h", b"")
+    e.wt.write(h, 0, b"a\n")
+    e.wt.write(kept, 0, b"v1")
+    e.is_open = lambda ino: ino == h  # a mount holds h open
+    removed = e.restore(mid, 0)
+    # every name of cur's root is reported: h is gone, kept names a new inode
+    assert sorted(removed) == [(root, b"h"), (root, b"kept")]
+    assert [n for n, _ in e.wt.readdir(root)] == [b"kept"]
+    assert read_all(e, e.wt.lookup(root, b"kept").ino) == b"v0"
+    # the open h is an unlinked-but-open file: its accepted writes stay readable, and
+    # more writes through it still land, until its last close frees it
+    assert e.wt.getattr(h).nlink == 0
+    e.wt.write(h, 2, b"b\n")
+    assert read_all(e, h) == b"a\nb\n"
+    e.is_open = lambda ino: False
+    e.wt.forget(h)
+    with pytest.raises(OSError) as x:
+        e.wt.getattr(h)
+    assert x.value.errno == errno.ENOENT
