@@ -148,7 +148,9 @@ class Store:
 
     # -- lifecycle -------------------------------------------------------------------
     @staticmethod
-    def _open_env(path: str, map_size: int) -> lmdb.Environment:
+    def _open_env(path: str, map_size: int | None) -> lmdb.Environment:
+        if map_size is None:  # $MIMEIFS_MAP_SIZE (bytes) for small devices and tests
+            map_size = int(os.environ.get("MIMEIFS_MAP_SIZE") or DEFAULT_MAP_SIZE)
         return lmdb.open(
             os.path.join(path, "lmdb"),
             map_size=map_size,
@@ -161,8 +163,9 @@ class Store:
         )
 
     @classmethod
-    def create(cls, path: str, map_size: int = DEFAULT_MAP_SIZE) -> "Store":
-        """Create a new store at ``path`` with a fresh node key.
+    def create(cls, path: str, map_size: int | None = None) -> "Store":
+        """Create a new store at ``path`` with a fresh node key. ``map_size`` (bytes):
+        the LMDB map to start with (default ``$MIMEIFS_MAP_SIZE`` or 1 TiB); it grows.
 
         Raises :class:`StoreError` if a store is already there.
         """
@@ -182,7 +185,7 @@ class Store:
         return store
 
     @classmethod
-    def open(cls, path: str, map_size: int = DEFAULT_MAP_SIZE) -> "Store":
+    def open(cls, path: str, map_size: int | None = None) -> "Store":
         """Open an existing store. Raises :class:`StoreError` if there is none."""
         path = os.path.abspath(path)
         keyfile = os.path.join(path, "node.key")
@@ -397,6 +400,62 @@ class Store:
         finally:
             self._leave()
 
+    def begin_write(self, room: bool = True) -> lmdb.Transaction:
+        """Begin a write transaction that outlives one call (the importer's batches);
+        end it with :meth:`end_write`. ``room`` as for :meth:`write`."""
+        if room:
+            self._check_room()
+        if not getattr(self._depth, "n", 0):
+            used, size = self.map_used()
+            if used > size * GROW_AT:
+                self.grow_map()
+        self._enter()
+        try:
+            return self._begin(True)
+        except BaseException:
+            self._leave()
+            raise
+
+    def end_write(self, txn: lmdb.Transaction, commit: bool = True, room: bool = True) -> None:
+        """Commit (or abort) a transaction from :meth:`begin_write`. Raises
+        :class:`StoreFull` if the commit found the map or the filesystem full."""
+        err = None
+        try:
+            if commit:
+                txn.commit()
+            else:
+                txn.abort()
+        except lmdb.Error as e:
+            err = e
+        finally:
+            self._leave()
+        if err is not None:
+            raise self.space_error(err) or err
+        if commit and not room and self.low_space is not None:
+            self.low_space = None  # something was freed: let writers try again
+
+    def space_error(self, e: BaseException) -> StoreFull | None:
+        """For an LMDB error that means "full" (the map, or the filesystem), do what
+        the store does about it (grow the map; release the reserve and enter low-space
+        mode) and return the :class:`StoreFull` to raise instead; else None. Call it
+        outside any transaction of this thread."""
+        if isinstance(e, lmdb.MapFullError):
+            used, size = self.map_used()
+            grown = self.grow_map(need=size)
+            log.warning("LMDB map full at %d bytes%s", size, "; grown" if grown else "")
+            return StoreFull(f"the store's LMDB map was full ({size} bytes)"
+                             + ("; it has grown: run the command again" if grown else ""))
+        if not isinstance(e, lmdb.Error) or not self._disk_full(e):
+            return None
+        free = -1
+        with contextlib.suppress(OSError):
+            free = free_bytes(self.path)
+        self.low_space = f"the store's filesystem is full ({free} bytes free)"
+        log.error("write refused: %s (LMDB: %s)", self.low_space, e)
+        self.release_reserve()
+        return StoreFull(f"{self.low_space}: delete files or versions (then run gc) "
+                         "to make room")
+
     @contextlib.contextmanager
     def write(self, room: bool = True) -> Iterator[lmdb.Transaction]:
         """A write transaction: committed on normal exit, aborted on an exception.
@@ -405,44 +464,13 @@ class Store:
         it runs in low-space mode too, and its commit ends that mode. Raises
         :class:`StoreFull` (ENOSPC) when the map or the filesystem is full.
         """
-        if room:
-            self._check_room()
-        if not getattr(self._depth, "n", 0):
-            used, size = self.map_used()
-            if used > size * GROW_AT:
-                self.grow_map()
-        full = None
-        self._enter()
+        txn = self.begin_write(room)
         try:
-            txn = self._begin(True)
-            try:
-                yield txn
-            except BaseException:
-                txn.abort()
-                raise
-            txn.commit()
-        except lmdb.MapFullError:
-            full = "map"
-        except lmdb.Error as e:
-            if not self._disk_full(e):
-                raise
-            full = f"disk: {e}"
-        finally:
-            self._leave()
-        if full == "map":
-            used, size = self.map_used()
-            grown = self.grow_map(need=size // 4)
-            log.warning("LMDB map full at %d bytes%s", size, "; grown" if grown else "")
-            raise StoreFull(f"the store's LMDB map was full ({size} bytes)"
-                            + ("; it has grown: run the command again" if grown else ""))
-        if full is not None:
-            free = -1
-            with contextlib.suppress(OSError):
-                free = free_bytes(self.path)
-            self.low_space = f"the store's filesystem is full ({free} bytes free)"
-            log.error("write refused: %s (%s)", self.low_space, full)
-            self.release_reserve()
-            raise StoreFull(f"{self.low_space}: delete files or versions (then run gc) "
-                            "to make room")
-        if not room and self.low_space is not None:
-            self.low_space = None  # something was freed: let writers try again
+            yield txn
+        except BaseException as e:
+            self.end_write(txn, commit=False)
+            full = self.space_error(e) if isinstance(e, lmdb.Error) else None
+            if full is not None:
+                raise full from None
+            raise
+        self.end_write(txn, commit=True, room=room)

@@ -218,15 +218,15 @@ class Importer:
     # -- transactions -----------------------------------------------------------------
     def _txn(self):
         if self.txn is None:
-            self.txn = self.store.env.begin(write=True)
+            self.txn = self.store.begin_write()
             self._since, self._t0 = 0, time.monotonic()
         return self.txn
 
     def _maybe_commit(self, force: bool = False) -> None:
         if self.txn is not None and (force or self._since >= self.batch_bytes
                                      or time.monotonic() - self._t0 >= self.batch_seconds):
-            self.txn.commit()
-            self.txn = None
+            txn, self.txn = self.txn, None
+            self.store.end_write(txn)
 
     def run(self, src: str, mimei: str, ahead: scan.StatAhead | None = None,
             sync: bool = True) -> dict:
@@ -256,10 +256,13 @@ class Importer:
                     raise fserr(errno.EISDIR, f"{src}: a file MiMei imports a regular file")
                 self._store_one((src, st, root_ino, None, None), None)
             self._maybe_commit(force=True)
-        except BaseException:
+        except BaseException as e:
             if self.txn is not None:
-                self.txn.abort()
-                self.txn = None
+                txn, self.txn = self.txn, None
+                self.store.end_write(txn, commit=False)
+            full = self.store.space_error(e)
+            if full is not None:  # the map or the filesystem is full: ENOSPC, one line
+                raise full from None
             raise
         finally:
             if self._ahead is not None:
