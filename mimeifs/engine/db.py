@@ -21,8 +21,9 @@ filesystem is full, the reserve is released (so deletes, ``gc``, ``mount.json`` 
 daemon's own bookkeeping can still commit), the caller gets :class:`StoreFull`, and the
 store enters *low-space mode*: a transaction that may grow the store (``write(room=True)``,
 the default) is refused at once with ENOSPC, without touching LMDB, until a
-transaction that frees space (``write(room=False)``) commits or the filesystem has
-twice the reserve free again.
+transaction that freed stored data (it called :meth:`Store.note_freed`) commits or the
+filesystem has twice the reserve free again. Deleting transactions say
+``write(room=False)`` so that they run in low-space mode.
 
 Named sub-databases are opened on first use with :meth:`Store.db`; the engine's names are
 listed in :data:`ENGINE_DBS`. Other layers use their own prefix (``ledger.``, ``credit.``,
@@ -50,6 +51,7 @@ log = logging.getLogger("mimeifs.store")
 DEFAULT_MAP_SIZE = 1 << 40  # 1 TiB, sparse
 RESERVE = 8 << 20  # bytes kept in <store>/reserve for deletes on a full filesystem
 GROW_AT = 0.75     # grow the map once this share of it is in use
+RUNFILE = 4096     # bytes of mount.json (padded): rewritten in place, no new blocks
 FORMAT_VERSION = b"2"  # 2: cur pages carry checksums (pages.py); 1 is upgraded on open
 
 #: Engine sub-databases: name -> what a record holds (see each module's docstring).
@@ -282,6 +284,20 @@ class Store:
         i = self.env.info()
         return (i["last_pgno"] + 1) * self._psize, i["map_size"]
 
+    def map_free(self) -> int:
+        """Bytes of the data file's pages that no database of this process uses (what
+        LMDB reuses before it grows the file: pages freed by deletes, roughly)."""
+        with self.read() as txn:
+            used = 2  # the meta pages
+            for st in [self.env.stat()] + [txn.stat(d) for d in list(self._dbs.values())]:
+                used += st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
+        return max(0, self.env.info()["last_pgno"] + 1 - used) * self._psize
+
+    def room(self) -> int:
+        """Bytes the store can still grow by: free on its filesystem plus free pages
+        inside its data file."""
+        return free_bytes(self.path) + self.map_free()
+
     def grow_map(self, need: int = 0) -> bool:
         """Double the map (at least to twice what is used plus ``need``)."""
         used, size = self.map_used()
@@ -317,11 +333,11 @@ class Store:
             pass
         try:
             free = free_bytes(self.path)
+            if free < 2 * RESERVE and self.room() < RESERVE:
+                self.low_space = f"the store's filesystem is full ({free} bytes free)"
         except OSError:
             return
         if free < 2 * RESERVE:
-            if free < RESERVE:
-                self.low_space = f"the store's filesystem is full ({free} bytes free)"
             return
         try:
             fd = os.open(p, os.O_WRONLY | os.O_CREAT, 0o600)
@@ -343,18 +359,35 @@ class Store:
                     "and gc can commit", RESERVE)
         return True
 
-    def write_small_file(self, name: str, data: bytes) -> None:
-        """Write ``<store>/<name>`` (e.g. ``mount.json``), releasing the reserve and
-        trying once more if the filesystem is full."""
+    def write_runfile(self, name: str, data: bytes) -> None:
+        """Write ``<store>/<name>`` (``mount.json``), padded with spaces to
+        :data:`RUNFILE` bytes so it never needs new blocks once it has had them: the
+        blocks of the last one (kept as ``<name>.spare`` by :meth:`drop_runfile`) are
+        overwritten in place. On a full filesystem without a spare, the reserve is
+        released and the write tried once more. Raises OSError."""
         path = os.path.join(self.path, name)
+        spare = path + ".spare"
+        data = data.ljust(RUNFILE)
         for attempt in (0, 1):
             try:
-                with open(path, "wb") as f:
-                    f.write(data)
+                if os.path.exists(spare):
+                    with open(spare, "r+b") as f:
+                        f.write(data)
+                    os.replace(spare, path)
+                else:
+                    with open(path, "wb") as f:
+                        f.write(data)
                 return
             except OSError as e:
                 if e.errno != errno.ENOSPC or attempt or not self.release_reserve():
                     raise
+
+    def drop_runfile(self, name: str) -> None:
+        """Remove ``<store>/<name>``, keeping its blocks as ``<name>.spare`` for the
+        next :meth:`write_runfile` (which then works on a full filesystem)."""
+        path = os.path.join(self.path, name)
+        with contextlib.suppress(OSError):
+            os.replace(path, path + ".spare")
 
     def _check_room(self) -> None:
         """Raise :class:`StoreFull` while in low-space mode (re-checked every 0.5 s)."""
@@ -365,7 +398,7 @@ class Store:
         if now - self._space_checked > 0.5:
             self._space_checked = now
             with contextlib.suppress(OSError):
-                if free_bytes(self.path) >= 2 * RESERVE:
+                if self.room() >= 2 * RESERVE:
                     self.low_space = None
                     self._keep_reserve()
                     log.info("store filesystem has room again: writes accepted")
@@ -410,6 +443,7 @@ class Store:
             if used > size * GROW_AT:
                 self.grow_map()
         self._enter()
+        self._depth.freed = False
         try:
             return self._begin(True)
         except BaseException:
@@ -431,8 +465,15 @@ class Store:
             self._leave()
         if err is not None:
             raise self.space_error(err) or err
-        if commit and not room and self.low_space is not None:
+        if commit and getattr(self._depth, "freed", False) and self.low_space is not None:
             self.low_space = None  # something was freed: let writers try again
+            log.info("space was freed: writes accepted again")
+        self._depth.freed = False
+
+    def note_freed(self) -> None:
+        """Called inside a write transaction that frees stored data (an inode's pages,
+        a record, dead blocks): its commit ends low-space mode."""
+        self._depth.freed = True
 
     def space_error(self, e: BaseException) -> StoreFull | None:
         """For an LMDB error that means "full" (the map, or the filesystem), do what
@@ -461,7 +502,8 @@ class Store:
         """A write transaction: committed on normal exit, aborted on an exception.
 
         ``room=False`` marks a transaction that frees space (unlink, rm, gc, orphans):
-        it runs in low-space mode too, and its commit ends that mode. Raises
+        it runs in low-space mode too (its commit ends that mode if it called
+        :meth:`note_freed`). Raises
         :class:`StoreFull` (ENOSPC) when the map or the filesystem is full.
         """
         txn = self.begin_write(room)

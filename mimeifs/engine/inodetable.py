@@ -132,6 +132,7 @@ class InodeTable:
 
     def free_inode(self, txn, node: Inode) -> None:
         """Delete an inode with no links left: record, pages, xattrs."""
+        self.store.note_freed()
         self.drop_data(txn, node.ino)
         if node.flags & XATTRS:
             for k in self.xattr_keys(txn, node.ino):

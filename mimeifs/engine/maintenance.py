@@ -320,5 +320,7 @@ def gc(engine) -> dict:
             if pid not in members:
                 out["packs_freed"] += 1
         out["chunks_kept"] = len(live_chunks)
+        if any(out[k] for k in ("chunks_freed", "manifests_freed", "trees_freed", "packs_freed")):
+            e.store.note_freed()
     e.store.sync()
     return out

@@ -147,6 +147,7 @@ class DataPages:
 
     def drop_data(self, txn, ino: int, from_page: int = 0) -> None:
         """Delete the pages of ``ino`` numbered ``from_page`` and up."""
+        self.store.note_freed()
         pre = ikey(ino)
         with txn.cursor(db=self.d_pages) as c:
             if not c.set_range(pre + _Q.pack(from_page)):

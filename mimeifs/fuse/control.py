@@ -51,6 +51,9 @@ class Controller:
                     "vnodes": len(self.ops.vnodes), "lookups": len(self.ops.lookups)}
         if op == "invalidate":
             return {}
+        if op == "restore":  # the names it removed leave the kernel's dentry cache too
+            removed = e.restore(a["id"], int(a["n"]))
+            return {"id": a["id"], "n": int(a["n"])}, removed
         return run_op(e, op, a, progress)
 
     async def command(self, name: bytes, value: bytes, ctx) -> None:
@@ -64,6 +67,7 @@ class Controller:
         except (ValueError, KeyError, AttributeError, TypeError):
             raise pyfuse3.FUSEError(errno.EINVAL) from None
         done = self.done
+        names: list = []
 
         def progress(n: int) -> None:  # the worker thread is the only writer of this key
             done[token] = done.get(token, 0) + n
@@ -71,6 +75,9 @@ class Controller:
         done[token] = 0
         try:
             res = await trio.to_thread.run_sync(self._run, op, req, progress)
+            names = []
+            if op == "restore":
+                res, names = res
             ans = {"ok": True, "result": res}
         except MiMeiError as x:
             ans = {"ok": False, "errno": x.errno, "error": str(x)}
@@ -79,7 +86,7 @@ class Controller:
         except (KeyError, ValueError, TypeError) as x:
             ans = {"ok": False, "errno": errno.EINVAL, "error": f"bad arguments: {x}"}
         except Exception as x:  # the daemon lives on; the caller hears what happened
-            log.exception("control op %s failed", op)
+            log.exception("control op %.40r failed", op)
             ans = {"ok": False, "errno": errno.EIO, "error": f"{type(x).__name__}: {x}"}
         finally:
             done.pop(token, None)
@@ -87,7 +94,7 @@ class Controller:
             self.results.pop(next(iter(self.results)))
         self.results[token] = json.dumps(ans).encode()
         if ans["ok"] and op != "ping":
-            await self.ops.invalidate_all(req.get("id"), removed=op == "rm")
+            await self.ops.invalidate_all(req.get("id"), removed=op == "rm", names=names)
 
     def result(self, name: bytes, ctx) -> bytes:
         self._allowed(ctx)
