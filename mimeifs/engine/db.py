@@ -259,7 +259,8 @@ class Store:
 
     def _resize(self, size: int) -> bool:
         """``env.set_mapsize(size)`` (0: adopt another process's size) once no
-        transaction of this process is open (waits up to 5 s). Returns whether done."""
+        transaction of this process is open (waits up to 2 s: new transactions wait
+        meanwhile). Returns whether done."""
         if getattr(self._depth, "n", 0):
             return False  # this thread is inside a transaction: never wait for itself
         with self._gate:
@@ -267,7 +268,7 @@ class Store:
                 return False
             self._resizing = True
             try:
-                deadline = time.monotonic() + 5.0
+                deadline = time.monotonic() + 2.0
                 while self._active:
                     left = deadline - time.monotonic()
                     if left <= 0:
