@@ -19,6 +19,7 @@ Local state (not signed; this node's bookkeeping) in ``state``: ``{"cur": root i
 
 from __future__ import annotations
 
+import datetime
 import errno
 import json
 import os
@@ -34,8 +35,9 @@ from . import blocks, objects
 from .db import Store, scan_prefix
 from .worktree import ROOT_PARENT, Worktree
 
-MIMEI_TYPES = ("fs", "file", "db")
 _N = struct.Struct(">I")
+MARK_MAX_BYTES = 200
+ID_PREFIX_MIN = 4  # hex digits: git's shortest abbreviation
 
 
 class MiMeiError(Exception):
@@ -54,10 +56,96 @@ def _vkey(mimei: str, m20: bytes, n) -> bytes:
     return m20 + _N.pack(n)
 
 
+def mark_problem(mark) -> str | None:
+    """Why ``mark`` cannot name a MiMei, or None if it can.
+
+    A mark is one path component under ``<mnt>/name/`` and one word of a SPEC on the
+    command line, so it must be a non-empty string of at most ``MARK_MAX_BYTES`` UTF-8
+    bytes, not ``.`` or ``..``, without ``/`` or control characters (C0, DEL, C1), and
+    not itself a MiMei ID (40 hex digits), which would shadow the ID as a SPEC.
+    """
+    if not isinstance(mark, str):
+        return f"a mark is a string, not {type(mark).__name__}"
+    if mark == "":
+        return "a mark cannot be empty"
+    if mark in (".", ".."):
+        return f"{mark!r} cannot be a mark: it means a directory in every path"
+    if "/" in mark:
+        return f"a mark cannot contain '/': {mark!r}"
+    bad = next((c for c in mark if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0), None)
+    if bad is not None:
+        return f"a mark cannot contain control characters ({bad!r}): {mark!r}"
+    try:
+        size = len(mark.encode())
+    except UnicodeEncodeError:
+        return f"a mark must be valid Unicode text: {mark!r}"
+    if size > MARK_MAX_BYTES:
+        return f"a mark is at most {MARK_MAX_BYTES} bytes of UTF-8, not {size}"
+    if ids.is_id(mark):
+        return f"a mark cannot look like a MiMei ID (40 hex digits): {mark!r}"
+    return None
+
+
+def check_mark(mark) -> str:
+    """``mark`` if it can name a MiMei (see :func:`mark_problem`); raises
+    :class:`MiMeiError` (EINVAL) saying why not."""
+    why = mark_problem(mark)
+    if why is not None:
+        raise MiMeiError(errno.EINVAL, f"bad mark: {why}")
+    return mark
+
+
 def _id20(mimei: str) -> bytes:
     if not ids.is_id(mimei):
         raise MiMeiError(errno.ENOENT, f"not a MiMei ID: {mimei!r}")
     return bytes.fromhex(mimei)
+
+
+def iso_time(ns: int) -> str:
+    """A time in ns since the epoch as ISO 8601 in UTC with microseconds
+    (``2026-11-30T15:40:00.123456Z``), what ``.info`` and ``log --json`` readers expect."""
+    dt = datetime.datetime.fromtimestamp(ns // 1000 / 1e6, tz=datetime.timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def info_doc(info: dict, state: dict) -> dict:
+    """What ``<mnt>/mm/<id>/.info`` and ``mimeifs info`` show of a MiMei: the fields of
+    its signed info record (``created`` as ISO 8601 UTC, ``rights`` as an octal string
+    like ``"0644"``) plus ``last`` and ``release`` (version numbers or null)."""
+    doc = {k: info[k] for k in ("id", "author", "app_type", "mimei_type", "ext", "mark")}
+    doc["created"] = iso_time(info["created"])
+    doc["rights"] = f"{info['rights']:04o}"
+    doc["last"] = state["last"]
+    doc["release"] = None if state["release"] is None else state["release"]["n"]
+    return doc
+
+
+def info_json(info: dict, state: dict) -> bytes:
+    """:func:`info_doc` as the bytes of the ``.info`` file: indented JSON, sorted keys,
+    a final newline."""
+    return (json.dumps(info_doc(info, state), indent=2, sort_keys=True) + "\n").encode()
+
+
+def _versions_text(ns: list[int]) -> str:
+    ns = sorted(ns)
+    return "v/" + ", v/".join(map(str, ns[:5])) + (f" and {len(ns) - 5} more" if len(ns) > 5 else "")
+
+
+def _rm_refused(mimei: str, who: dict[str, dict]) -> str:
+    """The message of a refused ``rm``: who refers, from where, and what to do."""
+    lines = [f"{mimei} is referenced, so it is kept:"]
+    from_cur = [s for s, d in sorted(who.items()) if d["cur"]]
+    only_versions = [s for s, d in sorted(who.items()) if not d["cur"]]
+    for s, d in sorted(who.items()):
+        where = (["its cur"] if d["cur"] else []) + ([_versions_text(d["versions"])] if d["versions"] else [])
+        lines.append(f"  {s} ({' and '.join(where)})")
+    if from_cur:
+        lines.append(f"  to drop a reference of a cur: rm <mnt>/mm/<source>/.refs/{mimei}")
+    if any(who[s]["versions"] for s in who):
+        lines.append("  versions never change: their references last as long as the referring MiMei"
+                     + (f" ({', '.join(only_versions)} refers only from versions)" if only_versions else "")
+                     + "; to delete this MiMei, first rm the referring MiMei, or keep it")
+    return "\n".join(lines)
 
 
 class Engine:
@@ -115,6 +203,12 @@ class Engine:
         with self.store.read() as txn:
             return self._info(txn, _id20(mimei))
 
+    def info_file(self, mimei: str) -> bytes:
+        """The content of ``<mnt>/mm/<id>/.info`` (:func:`info_json`). Raises ENOENT."""
+        m20 = _id20(mimei)
+        with self.store.read() as txn:
+            return info_json(self._info(txn, m20), self._state(txn, m20))
+
     def state(self, mimei: str) -> dict:
         """Local state: ``{"cur": ino, "last": n|None, "release": record|None}``."""
         with self.store.read() as txn:
@@ -137,22 +231,30 @@ class Engine:
             return {bytes(k).decode(): bytes(v).hex() for k, v in txn.cursor(db=self.d_names)}
 
     def mark_id(self, mark: str) -> str | None:
-        """The ID of this node's own MiMei with ``mark`` (``name/<mark>``), or None."""
+        """The ID of this node's own MiMei with ``mark`` (``name/<mark>``), or None
+        (also for a string that cannot be a mark, see :func:`mark_problem`)."""
+        if mark_problem(mark) is not None:
+            return None
         with self.store.read() as txn:
             raw = txn.get(mark.encode(), db=self.d_names)
         return None if raw is None else bytes(raw).hex()
 
     def resolve(self, spec: str) -> str:
-        """A MiMei ID from an ID, a mark of this node's own MiMei, or a path in a mount.
+        """A MiMei ID from a SPEC: in this order, a full ID this store holds, a mark of
+        this node's own MiMei, a path in a mount, or a unique prefix of at least
+        ``ID_PREFIX_MIN`` hex digits of an ID this store holds (git's short hashes).
 
-        Raises :class:`MiMeiError` (ENOENT) if nothing matches.
+        Raises :class:`MiMeiError`: EINVAL for an ambiguous prefix (the message lists the
+        candidates), ENOENT if nothing matches.
         """
+        if not isinstance(spec, str) or spec == "":
+            raise MiMeiError(errno.ENOENT, "no MiMei named by an empty SPEC (give an ID, a mark or a path)")
         if ids.is_id(spec) and self.exists(spec):
             return spec
         mid = self.mark_id(spec)
         if mid is not None:
             return mid
-        if os.path.exists(spec):
+        if "\0" not in spec and os.path.exists(spec):
             try:
                 v = os.getxattr(spec, "user.mimei.id")
                 if ids.is_id(v.decode()):
@@ -163,29 +265,61 @@ class Engine:
             for i, p in enumerate(parts[:-1]):
                 if p == "mm" and ids.is_id(parts[i + 1]):
                     return parts[i + 1]
-        raise MiMeiError(errno.ENOENT, f"no MiMei matches {spec!r} (ID, mark or path)")
+        found = self.id_prefix(spec)
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            shown = ", ".join(found[:10]) + (f" and {len(found) - 10} more" if len(found) > 10 else "")
+            raise MiMeiError(errno.EINVAL, f"ID prefix {spec!r} is ambiguous: it starts {shown}")
+        raise MiMeiError(errno.ENOENT, f"no MiMei matches {spec!r} (ID, unique ID prefix, mark or path)")
+
+    def id_prefix(self, prefix: str) -> list[str]:
+        """IDs of the MiMei in this store that start with ``prefix`` (lowercase hex, at
+        least ``ID_PREFIX_MIN`` digits; anything else matches nothing), sorted."""
+        if not (ID_PREFIX_MIN <= len(prefix) <= 2 * ids.ID_BYTES) or \
+                any(c not in "0123456789abcdef" for c in prefix):
+            return []
+        start = bytes.fromhex(prefix[:len(prefix) & ~1])
+        out = []
+        with self.store.read() as txn:
+            cur = txn.cursor(db=self.d_state)
+            if cur.set_range(start):
+                for k in cur.iternext(values=False):
+                    h = bytes(k).hex()
+                    if not h.startswith(prefix[:len(start) * 2]):
+                        break
+                    if h.startswith(prefix):
+                        out.append(h)
+        return out
 
     # ------------------------------------------------------------------ create / rm
     def create(self, mimei_type: str, mark: str, app_type: str = "", ext: str = "",
-               uid: int | None = None, gid: int | None = None, mode: int | None = None) -> str:
+               uid: int | None = None, gid: int | None = None, mode: int | None = None,
+               exclusive: bool = False) -> str:
         """Create a MiMei of this node; returns its ID.
 
-        Idempotent: the same (author, app type, type, mark) returns the existing ID.
-        ``mark == "auto"`` draws a fresh mark. Raises :class:`MiMeiError` (EINVAL).
+        A mark names one MiMei per author: the same (author, app type, type, mark)
+        returns the existing ID (idempotent), while a mark this node already gave a MiMei
+        of another type or app type is refused (EEXIST), as ``fork`` refuses it.
+        ``mark == "auto"`` draws a fresh mark. ``exclusive`` refuses an existing MiMei
+        too. Raises :class:`MiMeiError` (EINVAL for a bad type or mark, see
+        :func:`mark_problem`; EEXIST).
         """
         if mimei_type not in ("fs", "file"):
             raise MiMeiError(errno.EINVAL, f"MiMei type must be fs or file (db is not built yet), not {mimei_type!r}")
         if mark == "auto":
             mark = "auto-" + secrets.token_hex(8)
-        if not mark or "/" in mark or "\0" in mark or len(mark.encode()) > 200:
-            raise MiMeiError(errno.EINVAL, f"bad mark {mark!r}")
+        check_mark(mark)
         mid = ids.mimei_id(self.node_id, app_type, mimei_type, mark)
         m20 = bytes.fromhex(mid)
         uid = os.getuid() if uid is None else uid
         gid = os.getgid() if gid is None else gid
         with self.store.write() as txn:
             if txn.get(m20, db=self.d_state) is not None:
+                if exclusive:
+                    raise MiMeiError(errno.EEXIST, f"a MiMei with mark {mark!r} exists: {mid}")
                 return mid
+            self._mark_free(txn, mark)
             info = self.store.key.sign_record({
                 "type": "mimei", "id": mid, "author": self.node_id, "app_type": app_type,
                 "mimei_type": mimei_type, "ext": ext, "mark": mark,
@@ -199,9 +333,24 @@ class Engine:
             root = self.wt.new_inode(txn, m20, m, uid, gid)
             self.wt.link_entry(txn, ROOT_PARENT, m20, root)
             self._put_state(txn, m20, {"cur": root.ino, "last": None, "release": None})
-            txn.put(mark.encode(), m20, db=self.d_names, overwrite=False)  # first one keeps the name
+            txn.put(mark.encode(), m20, db=self.d_names)
         self._own.pop(m20, None)
         return mid
+
+    def _mark_free(self, txn, mark: str) -> None:
+        """Raise :class:`MiMeiError` (EEXIST) if ``mark`` already names a MiMei of this
+        node (``name/<mark>``), saying which. A name left pointing at a MiMei this node
+        did not author (a store that changed its key) does not count."""
+        raw = txn.get(mark.encode(), db=self.d_names)
+        if raw is None:
+            return
+        other = bytes(raw).hex()
+        o = json.loads(txn.get(bytes(raw), db=self.d_mimei) or b'{"author": null}')
+        if o["author"] != self.node_id:  # a stale name (another key's MiMei): taken over
+            return
+        raise MiMeiError(errno.EEXIST, f"mark {mark!r} already names {other} (type {o['mimei_type']}"
+                         + (f", app type {o['app_type']!r}" if o["app_type"] else "")
+                         + "): a mark names one MiMei per author; choose another mark")
 
     def referrers(self, mimei: str) -> list[str]:
         """IDs of MiMei whose cur or any version references ``mimei``."""
@@ -213,15 +362,32 @@ class Engine:
         out.discard(mimei)
         return sorted(out)
 
+    def referrer_detail(self, mimei: str) -> dict[str, dict]:
+        """Who refers to ``mimei`` and from where: ``{source ID: {"cur": bool,
+        "versions": [n, ...]}}`` (a source's own references to itself left out)."""
+        m20 = _id20(mimei)
+        out: dict[str, dict] = {}
+        with self.store.read() as txn:
+            for k in scan_prefix(txn, self.d_refs_in, m20, values=False):
+                out.setdefault(k[20:40].hex(), {"cur": False, "versions": []})["cur"] = True
+            for k in scan_prefix(txn, self.d_vrefs, m20, values=False):
+                src = k[20:40].hex()
+                out.setdefault(src, {"cur": False, "versions": []})["versions"].append(_N.unpack(k[40:44])[0])
+        out.pop(mimei, None)
+        return out
+
     def rm(self, mimei: str) -> None:
         """Delete a MiMei (cur, versions, info). Its blocks are freed by ``gc``.
 
-        Raises :class:`MiMeiError` (EBUSY) naming who refers to it, ENOENT if unknown.
+        Raises :class:`MiMeiError` ENOENT if unknown, EBUSY while another MiMei refers
+        to it, naming who and saying what the user can do: remove a reference of a cur
+        (``rm <mnt>/mm/<src>/.refs/<id>``); a version's references never change, so a
+        MiMei a version refers to stays until that MiMei is removed.
         """
         m20 = _id20(mimei)
-        who = self.referrers(mimei)
+        who = self.referrer_detail(mimei)
         if who:
-            raise MiMeiError(errno.EBUSY, f"{mimei} is referenced by {', '.join(who)}; remove those references first")
+            raise MiMeiError(errno.EBUSY, _rm_refused(mimei, who))
         with self.store.write() as txn:
             st = self._state(txn, m20)
             info = self._info(txn, m20)
@@ -281,11 +447,14 @@ class Engine:
             txn.delete(d20 + s20, db=self.d_refs_in)
 
     # ------------------------------------------------------------------ versions
-    def backup(self, mimei: str, memo: str = "", progress=None) -> dict:
+    def backup(self, mimei: str, memo: str = "", progress=None, allow_empty: bool = True) -> dict:
         """Freeze cur into version n+1, signed; moves ``last``. Returns the record
-        plus ``stats`` (new bytes, files re-chunked, trees written).
+        plus ``stats`` (new bytes, files re-chunked, trees written) and ``unchanged``.
 
-        The version is on disk (fsync) when this returns.
+        Unless ``allow_empty``, a cur whose content (root hash and kind) and references
+        equal those of the last version makes no new version (git's "nothing to
+        commit"): the last version's record comes back with ``unchanged: True``. The
+        version is on disk (fsync) when this returns.
         """
         m20 = _id20(mimei)
         if not self.can_write(m20):
@@ -293,17 +462,22 @@ class Engine:
         with self.store.write() as txn:
             st = self._state(txn, m20)
             kind, root, size, stats = bk.freeze(txn, self.wt, st["cur"], progress)
+            refs = sorted(self._refs_out(txn, m20))
+            if not allow_empty and st["last"] is not None:
+                prev = json.loads(txn.get(_vkey(mimei, m20, st["last"]), db=self.d_versions))
+                if prev["root"] == root.hex() and prev["kind"] == kind and sorted(prev.get("refs", [])) == refs:
+                    return dict(prev, stats=stats, unchanged=True)
             n = 0 if st["last"] is None else st["last"] + 1
             rec = self.store.key.sign_record({
                 "type": "version", "mimei": mimei, "n": n, "kind": kind, "root": root.hex(),
                 "parent": st["last"], "fork_of": None, "time": time.time_ns(), "size": size,
-                "memo": memo, "refs": sorted(self._refs_out(txn, m20)), "author": self.node_id,
+                "memo": memo, "refs": refs, "author": self.node_id,
             })
             self._put_version(txn, m20, rec)
             st["last"] = n
             self._put_state(txn, m20, st)
         self.store.sync()
-        return dict(rec, stats=stats)
+        return dict(rec, stats=stats, unchanged=False)
 
     def _put_version(self, txn, m20: bytes, rec: dict) -> None:
         n = rec["n"]
@@ -375,7 +549,8 @@ class Engine:
 
         The papers' "variation". Its cur starts as that version, and both v/0 and cur
         reference what that version referenced. Returns the new ID; raises EEXIST if
-        the new MiMei already exists, ENOENT if there is no version.
+        ``mark`` already names a MiMei of this node (one rule with :meth:`create`),
+        EINVAL for a bad mark, ENOENT if there is no version.
         """
         info = self.info(mimei)
         if n is None:
@@ -385,10 +560,10 @@ class Engine:
         src = self.version(mimei, n)
         if mark == "auto":  # drawn once: the check below and create() must see one mark
             mark = "auto-" + secrets.token_hex(8)
-        new_id = ids.mimei_id(self.node_id, info["app_type"], info["mimei_type"], mark)
-        if self.exists(new_id):
-            raise MiMeiError(errno.EEXIST, f"a MiMei with mark {mark!r} exists: {new_id}")
-        new_id = self.create(info["mimei_type"], mark, info["app_type"], info["ext"])
+        check_mark(mark)
+        with self.store.read() as txn:
+            self._mark_free(txn, mark)
+        new_id = self.create(info["mimei_type"], mark, info["app_type"], info["ext"], exclusive=True)
         n20 = bytes.fromhex(new_id)
         with self.store.write() as txn:
             st = self._state(txn, n20)
