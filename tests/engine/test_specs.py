@@ -60,7 +60,10 @@ def test_unique_id_prefixes_resolve_like_git_short_hashes(engine):
     assert e.id_prefix(a[:k]) == [a]
     # too short (git's minimum is 4), upper case, not hex, nobody's: not found
     nobody = next(p for p in ("0000", "1111", "2222", "3333") if not e.id_prefix(p))
-    for spec in (a[:3], a[:k].upper(), "zzzz", nobody):
+    upper = a.upper()[:next(i for i in range(40) if not a[i].isdigit()) + 1]  # an uppercase digit in it
+    for spec in (a[:3], max(upper, a[:4].upper(), key=len), "zzzz", nobody):
+        if spec == a[:len(spec)]:
+            continue
         with pytest.raises(MiMeiError) as ex:
             e.resolve(spec)
         assert ex.value.errno == errno.ENOENT and "unique ID prefix" in str(ex.value)

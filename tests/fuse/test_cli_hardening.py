@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import subprocess
 import time
 
@@ -181,9 +182,10 @@ def test_json_on_every_command_that_prints(store, tmp_path):
     assert j("release", mid, "0")["n"] == 0
     assert j("restore", mid, "1") == {"id": mid, "n": 1}
     assert j("log", mid)[0]["released"] is True
-    assert j("fork", mid, "--mark", "fk")["fork_of"] == mid
+    fk = j("fork", mid, "--mark", "fk")
+    assert fk["fork_of"] == mid
     assert j("refs", mid) == {"id": mid, "out": [], "in": []}
-    assert j("list")[0]["id"] in (mid, other)
+    assert sorted(r["id"] for r in j("list")) == sorted([mid, other, fk["id"]])
     assert j("put", tmp_path / "mac")["hash"] == __import__("blake3").blake3(b"mac file").hexdigest()
     assert j("check")["clean"] is True
     assert "chunks_freed" in j("gc")
@@ -277,3 +279,15 @@ def test_messages_that_misled(store, tmp_path):
     assert time.strptime(when, "%Y-%m-%dT%H:%M:%SZ"), err
     # and a peer is named by a unique prefix of its ID like any ID
     assert m.run("credit", "revoke", peer[:6]).returncode == 0
+
+
+def test_info_shows_iso_times_and_octal_rights(mimei):
+    m, mid, _cur = mimei
+    doc = json.loads((m.mm(mid) / ".info").read_text())
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", doc["created"]), doc
+    assert doc["rights"] == "0644" and doc["id"] == mid
+    assert json.loads(m.run("info", mid, "--json").stdout) == doc          # one rendering
+    lines = m.run("info", mid).stdout.splitlines()
+    assert f"created    {doc['created']}" in lines and "rights     0644" in lines
+    signed = json.loads(m.run("info", mid, "--signed").stdout)             # the record itself
+    assert isinstance(signed["created"], int) and signed["rights"] == 0o644 and "sig" in signed
