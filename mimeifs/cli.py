@@ -271,8 +271,9 @@ def mount(ctx, mountpoint, foreground, allow_other, debug, busy_poll_us, dir_rea
 @main.command()
 @click.option("--foreground", "-f", is_flag=True, help="stay in the foreground, log to stderr")
 @click.option("--debug", is_flag=True, help="verbose logging")
+@json_opt
 @click.pass_context
-def serve(ctx, foreground, debug):
+def serve(ctx, foreground, debug, as_json):
     """Run a headless node on the store (no FUSE mount): the services only.
 
     Stop it with `mimeifs stop` (or SIGTERM)."""
@@ -285,7 +286,8 @@ def serve(ctx, foreground, debug):
         raise _fail(str(e)) from None
     if not foreground:
         info = _daemon_info(ctx)
-        click.echo(f"serving {ctx.obj['store_path']} (pid {info['pid'] if info else '?'})")
+        _out(as_json, {"store": ctx.obj["store_path"], "pid": info["pid"] if info else None},
+             f"serving {ctx.obj['store_path']} (pid {info['pid'] if info else '?'})")
     sys.exit(code)
 
 
@@ -296,8 +298,9 @@ def _daemon_info(ctx):
 
 @main.command()
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="seconds to wait")
+@json_opt
 @click.pass_context
-def stop(ctx, timeout):
+def stop(ctx, timeout, as_json):
     """Stop the daemon serving the store (headless or mounted) and wait for it."""
     import signal
     info = _daemon_info(ctx)
@@ -315,7 +318,7 @@ def stop(ctx, timeout):
         time.sleep(0.05)
     else:
         raise _fail(f"daemon {info['pid']} did not stop within {timeout:g} s")
-    click.echo(f"stopped daemon {info['pid']}")
+    _out(as_json, {"stopped": info["pid"]}, f"stopped daemon {info['pid']}")
 
 
 @main.command()

@@ -195,6 +195,9 @@ def test_json_on_every_command_that_prints(store, tmp_path):
     assert mounted["mountpoint"] == str(m.mnt) and pid_alive(mounted["pid"])
     gone = j("umount", m.mnt)
     assert gone["unmounted"] == str(m.mnt) and gone["daemon_exited"] is True
+    served = j("serve")
+    m.pids.append(served["pid"])
+    assert j("stop") == {"stopped": served["pid"]} and not pid_alive(served["pid"])
     # a fresh store's init too
     p = subprocess.run([*CLI, "--store", str(tmp_path / "s2"), "init", "--json"], capture_output=True,
                        text=True, env=cli_env(), timeout=60)
