@@ -67,7 +67,6 @@ _REF = struct.Struct(">II")  # pulse, index
 #: b"\x01" || d for each split depth d: the head of an internal node's hashed bytes
 _NH = [bytes((1, d)) for d in range(KEY_BITS)]
 _LEAF = struct.Struct(">20sQQ")
-_MAX_U64 = (1 << 64) - 1
 #: Internal nodes with a split depth below this are kept in memory between pulses (the
 #: paper's "Level 1 or 2 miners: all data must be in memory", Part II §VIII): every pulse
 #: of thousands of changes touches nearly all of them. 2**16 nodes at most, ~17 MB.
@@ -76,23 +75,6 @@ CACHE_DEPTH = 16
 
 class SMTError(Exception):
     """A tree operation is refused: unknown pulse, pulse not increasing, bad key or value."""
-
-
-def leaf_value(key: bytes, balance: int, seq: int) -> bytes:
-    """The 36-byte leaf value: key (20) || balance (u64 BE) || seq (u64 BE).
-
-    Raises :class:`SMTError` if the key is not 20 bytes or a number is outside u64.
-    """
-    if len(key) != KEY_BYTES:
-        raise SMTError("an account key is 20 bytes")
-    if not (0 <= balance <= _MAX_U64 and 0 <= seq <= _MAX_U64):
-        raise SMTError("balance and sequence are unsigned 64-bit integers")
-    return _LEAF.pack(key, balance, seq)
-
-
-def unpack_leaf(value: bytes) -> tuple[bytes, int, int]:
-    """(key, balance, seq) of a 36-byte leaf value."""
-    return _LEAF.unpack(value)
 
 
 class SparseMerkleTree:
