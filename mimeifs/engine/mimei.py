@@ -19,7 +19,6 @@ Local state (not signed; this node's bookkeeping) in ``state``: ``{"cur": root i
 
 from __future__ import annotations
 
-import datetime
 import errno
 import json
 import logging
@@ -36,12 +35,12 @@ from . import blocks, objects, remote
 from .chunkstore import ChunkStore
 from .db import Store, scan_prefix
 from .fetch import Fetcher
+from .marks import ID_PREFIX_MIN, MARK_MAX_BYTES, check_mark, ids_with_prefix, mark_problem, resolve_spec  # noqa: F401
+from .render import info_doc, info_json, iso_time, rm_refused  # noqa: F401
 from .errors import MiMeiError  # noqa: F401  (the older name of EngineError)
 from .worktree import ROOT_PARENT, Worktree
 
 _N = struct.Struct(">I")
-MARK_MAX_BYTES = 200
-ID_PREFIX_MIN = 4  # hex digits: git's shortest abbreviation
 log = logging.getLogger("mimeifs.engine")
 
 
@@ -53,96 +52,10 @@ def _vkey(mimei: str, m20: bytes, n) -> bytes:
     return m20 + _N.pack(n)
 
 
-def mark_problem(mark) -> str | None:
-    """Why ``mark`` cannot name a MiMei, or None if it can.
-
-    A mark is one path component under ``<mnt>/name/`` and one word of a SPEC on the
-    command line, so it must be a non-empty string of at most ``MARK_MAX_BYTES`` UTF-8
-    bytes, not ``.`` or ``..``, without ``/`` or control characters (C0, DEL, C1), and
-    not itself a MiMei ID (40 hex digits), which would shadow the ID as a SPEC.
-    """
-    if not isinstance(mark, str):
-        return f"a mark is a string, not {type(mark).__name__}"
-    if mark == "":
-        return "a mark cannot be empty"
-    if mark in (".", ".."):
-        return f"{mark!r} cannot be a mark: it means a directory in every path"
-    if "/" in mark:
-        return f"a mark cannot contain '/': {mark!r}"
-    bad = next((c for c in mark if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0), None)
-    if bad is not None:
-        return f"a mark cannot contain control characters ({bad!r}): {mark!r}"
-    try:
-        size = len(mark.encode())
-    except UnicodeEncodeError:
-        return f"a mark must be valid Unicode text: {mark!r}"
-    if size > MARK_MAX_BYTES:
-        return f"a mark is at most {MARK_MAX_BYTES} bytes of UTF-8, not {size}"
-    if ids.is_id(mark):
-        return f"a mark cannot look like a MiMei ID (40 hex digits): {mark!r}"
-    return None
-
-
-def check_mark(mark) -> str:
-    """``mark`` if it can name a MiMei (see :func:`mark_problem`); raises
-    :class:`MiMeiError` (EINVAL) saying why not."""
-    why = mark_problem(mark)
-    if why is not None:
-        raise MiMeiError(errno.EINVAL, f"bad mark: {why}")
-    return mark
-
-
 def _id20(mimei: str) -> bytes:
     if not ids.is_id(mimei):
         raise MiMeiError(errno.ENOENT, f"not a MiMei ID: {mimei!r}")
     return bytes.fromhex(mimei)
-
-
-def iso_time(ns: int) -> str:
-    """A time in ns since the epoch as ISO 8601 in UTC with microseconds
-    (``2026-11-30T15:40:00.123456Z``), what ``.info`` and ``log --json`` readers expect."""
-    dt = datetime.datetime.fromtimestamp(ns // 1000 / 1e6, tz=datetime.timezone.utc)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def info_doc(info: dict, state: dict) -> dict:
-    """What ``<mnt>/mm/<id>/.info`` and ``mimeifs info`` show of a MiMei: the fields of
-    its signed info record (``created`` as ISO 8601 UTC, ``rights`` as an octal string
-    like ``"0644"``) plus ``last`` and ``release`` (version numbers or null)."""
-    doc = {k: info[k] for k in ("id", "author", "app_type", "mimei_type", "ext", "mark")}
-    doc["created"] = iso_time(info["created"])
-    doc["rights"] = f"{info['rights']:04o}"
-    doc["last"] = state["last"]
-    doc["release"] = None if state["release"] is None else state["release"]["n"]
-    return doc
-
-
-def info_json(info: dict, state: dict) -> bytes:
-    """:func:`info_doc` as the bytes of the ``.info`` file: indented JSON, sorted keys,
-    a final newline."""
-    return (json.dumps(info_doc(info, state), indent=2, sort_keys=True) + "\n").encode()
-
-
-def _versions_text(ns: list[int]) -> str:
-    ns = sorted(ns)
-    return "v/" + ", v/".join(map(str, ns[:5])) + (f" and {len(ns) - 5} more" if len(ns) > 5 else "")
-
-
-def _rm_refused(mimei: str, who: dict[str, dict]) -> str:
-    """The message of a refused ``rm``: who refers, from where, and what to do."""
-    lines = [f"{mimei} is referenced, so it is kept:"]
-    from_cur = [s for s, d in sorted(who.items()) if d["cur"]]
-    only_versions = [s for s, d in sorted(who.items()) if not d["cur"]]
-    for s, d in sorted(who.items()):
-        where = (["its cur"] if d["cur"] else []) + ([_versions_text(d["versions"])] if d["versions"] else [])
-        lines.append(f"  {s} ({' and '.join(where)})")
-    if from_cur:
-        lines.append(f"  to drop a reference of a cur: rm <mnt>/mm/<source>/.refs/{mimei}")
-    if any(who[s]["versions"] for s in who):
-        lines.append("  versions never change: their references last as long as the referring MiMei"
-                     + (f" ({', '.join(only_versions)} refers only from versions)" if only_versions else "")
-                     + "; to delete this MiMei, first rm the referring MiMei, or keep it")
-    return "\n".join(lines)
 
 
 class Engine:
@@ -254,57 +167,16 @@ class Engine:
         return None if raw is None else bytes(raw).hex()
 
     def resolve(self, spec: str) -> str:
-        """A MiMei ID from a SPEC: in this order, a full ID this store holds, a mark of
-        this node's own MiMei, a path in a mount, or a unique prefix of at least
-        ``ID_PREFIX_MIN`` hex digits of an ID this store holds (git's short hashes).
-
-        Raises :class:`MiMeiError`: EINVAL for an ambiguous prefix (the message lists the
-        candidates), ENOENT if nothing matches.
-        """
-        if not isinstance(spec, str) or spec == "":
-            raise MiMeiError(errno.ENOENT, "no MiMei named by an empty SPEC (give an ID, a mark or a path)")
-        if ids.is_id(spec) and self.exists(spec):
-            return spec
-        mid = self.mark_id(spec)
-        if mid is not None:
-            return mid
-        if "\0" not in spec and os.path.exists(spec):
-            try:
-                v = os.getxattr(spec, "user.mimei.id")
-                if ids.is_id(v.decode()):
-                    return v.decode()
-            except OSError:
-                pass
-            parts = os.path.realpath(spec).split(os.sep)
-            for i, p in enumerate(parts[:-1]):
-                if p == "mm" and ids.is_id(parts[i + 1]):
-                    return parts[i + 1]
-        found = self.id_prefix(spec)
-        if len(found) == 1:
-            return found[0]
-        if len(found) > 1:
-            shown = ", ".join(found[:10]) + (f" and {len(found) - 10} more" if len(found) > 10 else "")
-            raise MiMeiError(errno.EINVAL, f"ID prefix {spec!r} is ambiguous: it starts {shown}")
-        raise MiMeiError(errno.ENOENT, f"no MiMei matches {spec!r} (ID, unique ID prefix, mark or path)")
+        """A MiMei ID from a SPEC: an ID, a mark, a path in a mount or a unique ID prefix
+        (:func:`.marks.resolve_spec`). Raises :class:`MiMeiError` (ENOENT; EINVAL for an
+        ambiguous prefix, naming the candidates)."""
+        return resolve_spec(self, spec)
 
     def id_prefix(self, prefix: str) -> list[str]:
-        """IDs of the MiMei in this store that start with ``prefix`` (lowercase hex, at
-        least ``ID_PREFIX_MIN`` digits; anything else matches nothing), sorted."""
-        if not (ID_PREFIX_MIN <= len(prefix) <= 2 * ids.ID_BYTES) or \
-                any(c not in "0123456789abcdef" for c in prefix):
-            return []
-        start = bytes.fromhex(prefix[:len(prefix) & ~1])
-        out = []
+        """IDs of the MiMei in this store that start with ``prefix`` (see
+        :func:`.marks.ids_with_prefix`), sorted."""
         with self.store.read() as txn:
-            cur = txn.cursor(db=self.d_state)
-            if cur.set_range(start):
-                for k in cur.iternext(values=False):
-                    h = bytes(k).hex()
-                    if not h.startswith(prefix[:len(start) * 2]):
-                        break
-                    if h.startswith(prefix):
-                        out.append(h)
-        return out
+            return ids_with_prefix(txn, self.d_state, prefix)
 
     # ------------------------------------------------------------------ create / rm
     def create(self, mimei_type: str, mark: str, app_type: str = "", ext: str = "",
@@ -368,13 +240,7 @@ class Engine:
 
     def referrers(self, mimei: str) -> list[str]:
         """IDs of MiMei whose cur or any version references ``mimei``."""
-        m20 = _id20(mimei)
-        out = set()
-        with self.store.read() as txn:
-            for db in (self.d_refs_in, self.d_vrefs):
-                out.update(k[20:40].hex() for k in scan_prefix(txn, db, m20, values=False))
-        out.discard(mimei)
-        return sorted(out)
+        return sorted(self.referrer_detail(mimei))
 
     def referrer_detail(self, mimei: str) -> dict[str, dict]:
         """Who refers to ``mimei`` and from where: ``{source ID: {"cur": bool,
@@ -401,7 +267,7 @@ class Engine:
         m20 = _id20(mimei)
         who = self.referrer_detail(mimei)
         if who:
-            raise MiMeiError(errno.EBUSY, _rm_refused(mimei, who))
+            raise MiMeiError(errno.EBUSY, rm_refused(mimei, who))
         with self.store.write() as txn:
             st = self._state(txn, m20)
             info = self._info(txn, m20)
