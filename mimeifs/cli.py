@@ -4,7 +4,8 @@ Every command finds its store by ``--store PATH``, else ``$MIMEIFS_STORE``, else
 data dir (``~/.local/share/mimeifs``). Commands work whether or not the store is
 mounted. Whole-MiMei commands (backup, release, restore, fork, rm) go to a running
 daemon through its control file, so the mount shows their effect at once; without a
-mount they run on the store directly. Errors print ``mimeifs: error: ...`` and exit 1.
+mount they run on the store directly. Errors print ``Error: ...`` (one line, no traceback)
+and exit 1.
 """
 
 from __future__ import annotations

@@ -48,6 +48,23 @@ def mark_problem(mark) -> str | None:
     return None
 
 
+def text_problem(what: str, s, max_bytes: int) -> str | None:
+    """Why ``s`` cannot be a short text field of a MiMei's info (app type, ext), or None:
+    it must be a string of at most ``max_bytes`` UTF-8 bytes without control characters."""
+    if not isinstance(s, str):
+        return f"{what} is a string, not {type(s).__name__}"
+    bad = next((c for c in s if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0), None)
+    if bad is not None:
+        return f"{what} cannot contain control characters ({bad!r}): {s!r}"
+    try:
+        size = len(s.encode())
+    except UnicodeEncodeError:
+        return f"{what} must be valid Unicode text: {s!r}"
+    if size > max_bytes:
+        return f"{what} is at most {max_bytes} bytes of UTF-8, not {size}"
+    return None
+
+
 def check_mark(mark) -> str:
     """``mark`` if it can name a MiMei (see :func:`mark_problem`); raises
     :class:`MiMeiError` (EINVAL) saying why not."""

@@ -35,7 +35,7 @@ from . import blocks, objects, remote
 from .chunkstore import ChunkStore
 from .db import Store, scan_prefix
 from .fetch import Fetcher
-from .marks import ID_PREFIX_MIN, MARK_MAX_BYTES, check_mark, ids_with_prefix, mark_problem, resolve_spec  # noqa: F401
+from .marks import ID_PREFIX_MIN, MARK_MAX_BYTES, check_mark, ids_with_prefix, mark_problem, resolve_spec, text_problem  # noqa: F401
 from .render import info_doc, info_json, iso_time, rm_refused  # noqa: F401
 from .errors import MiMeiError  # noqa: F401  (the older name of EngineError)
 from .worktree import ROOT_PARENT, Worktree
@@ -196,6 +196,10 @@ class Engine:
         if mark == "auto":
             mark = "auto-" + secrets.token_hex(8)
         check_mark(mark)
+        for what, text, size in (("app type", app_type, MARK_MAX_BYTES), ("ext", ext, 64)):
+            why = text_problem(what, text, size)
+            if why is not None:
+                raise MiMeiError(errno.EINVAL, why)
         mid = ids.mimei_id(self.node_id, app_type, mimei_type, mark)
         m20 = bytes.fromhex(mid)
         uid = os.getuid() if uid is None else uid

@@ -216,3 +216,13 @@ def test_good_control_commands_parse_to_checked_fields():
     assert parse_command(_cmd(op="release", id=MID, n=None))[2] == {"id": MID, "n": None}
     assert parse_command(_cmd(op="fork", id=MID, mark="auto", n=2 ** 32 - 1))[2]["n"] == 2 ** 32 - 1
     assert parse_command(_cmd(op="ping")) == ("t1", "ping", {})
+
+
+@pytest.mark.parametrize("kw", [{"app_type": "a\nb"}, {"app_type": "x" * 201}, {"ext": "t\x00xt"},
+                                {"ext": "e" * 65}, {"app_type": 5}], ids=repr)
+def test_app_type_and_ext_are_short_text(engine, kw):
+    with pytest.raises(MiMeiError) as ex:
+        engine.create("file", "doc", **kw)
+    assert ex.value.errno == errno.EINVAL
+    assert engine.list() == []
+    assert engine.create("file", "doc", app_type="notes/v2 ✓", ext="tar.gz")
