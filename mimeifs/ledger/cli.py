@@ -31,6 +31,7 @@ from .smt import SMTError
 _SIZE = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 10**6, "mb": 10**6, "mib": 1 << 20,
          "g": 10**9, "gb": 10**9, "gib": 1 << 30, "t": 10**12, "tb": 10**12, "tib": 1 << 40}
 _DUR = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_MAX_DURATION = 100 * 366 * 86400
 
 
 def parse_size(s: str) -> int:
@@ -38,7 +39,10 @@ def parse_size(s: str) -> int:
     m = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", s)
     if not m or m.group(2).lower() not in _SIZE:
         raise click.BadParameter(f"not a size: {s!r} (e.g. 500, 100MiB, 2GB)")
-    return int(m.group(1)) * _SIZE[m.group(2).lower()]
+    n = int(m.group(1)) * _SIZE[m.group(2).lower()]
+    if n >= 1 << 64:
+        raise click.BadParameter(f"a size is below 2**64 bytes, not {s!r}")
+    return n
 
 
 def parse_duration(s: str) -> int:
@@ -46,7 +50,10 @@ def parse_duration(s: str) -> int:
     m = re.fullmatch(r"\s*(\d+)\s*([smhdw]?)\s*", s)
     if not m:
         raise click.BadParameter(f"not a duration: {s!r} (e.g. 3600, 12h, 30d)")
-    return int(m.group(1)) * _DUR[m.group(2) or "s"]
+    secs = int(m.group(1)) * _DUR[m.group(2) or "s"]
+    if secs > _MAX_DURATION:
+        raise click.BadParameter(f"a duration is at most 100 years, not {s!r}")
+    return secs
 
 
 def _store(ctx) -> Store:
@@ -129,7 +136,8 @@ def _account_id(led: Ledger, who: str) -> str:
 
 
 json_opt = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-pulse_opt = click.option("--pulse", type=int, default=None, help="A past pulse (default: the last).")
+PULSE = click.IntRange(0, (1 << 32) - 1)  # pulses are u32 in the store
+pulse_opt = click.option("--pulse", type=PULSE, default=None, help="A past pulse (default: the last).")
 
 
 @click.group()
@@ -336,7 +344,7 @@ def verify_cmd(proof, root, account, as_json):
 
 @ledger.command("history")
 @click.argument("account", required=False)
-@click.option("--since", type=int, default=0, help="First pulse.")
+@click.option("--since", type=PULSE, default=0, help="First pulse.")
 @click.option("--check", is_flag=True, help="Also audit the whole chain of pulse records.")
 @json_opt
 @click.pass_context
