@@ -211,8 +211,20 @@ def stop(ctx, timeout, as_json):
 @json_opt
 def umount(mountpoint, as_json):
     """Unmount MOUNTPOINT and wait for the daemon to finish."""
+    import errno
+
     from .fuse.ctl import call
     from .fuse.mount import MountError, umount as do_umount
+    try:
+        os.stat(mountpoint)
+    except FileNotFoundError:
+        raise _fail(f"{mountpoint} does not exist") from None
+    except OSError as e:
+        if e.errno != errno.ENOTCONN:  # a dead FUSE mount (daemon killed) still unmounts
+            raise _fail(f"{mountpoint}: {e.strerror}") from None
+    else:
+        if not os.path.ismount(mountpoint):
+            raise _fail(f"nothing is mounted at {mountpoint}")
     pid = None
     try:
         pid = call(mountpoint, "ping")["pid"]

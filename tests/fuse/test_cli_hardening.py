@@ -250,9 +250,12 @@ def test_refs_and_umount_say_what_they_did(store):
 
 def test_messages_that_misled(store, tmp_path):
     m = store
-    # a missing mountpoint is named as such (not "not a directory")
+    # a missing mountpoint is named as such (not "not a directory"); so is unmounting
+    # what is not mounted
     err = fails(m, "mount", tmp_path / "nope")
     assert "does not exist" in err and "not a directory" not in err
+    assert "does not exist" in fails(m, "umount", tmp_path / "nope")
+    assert "nothing is mounted at" in fails(m, "umount", tmp_path)
     # rm of a MiMei referenced only from a version says what can be done
     a, t = m.create("a"), m.create("t")
     m.mount()
