@@ -19,7 +19,7 @@ def gateway():
 @click.pass_context
 def token(ctx):
     """Print this node's gateway token (HTTP Basic password, or ?token= in a URL)."""
-    from ..cli import _store
+    from ..cli_support import _store
     from .auth import node_token
     s = _store(ctx)
     try:
@@ -51,7 +51,8 @@ def app():
 def install(ctx, src, mark):
     """Put the HTML5 application in directory SRC into the MiMei MARK (created if
     missing; cur becomes a mirror of SRC), back it up, and print its URL."""
-    from ..cli import _engine, _fail, import_
+    from ..cli import import_
+    from ..cli_support import _engine, _fail
     from ..engine.errors import EngineError
     from .service import gateway_url
     import os
