@@ -164,7 +164,7 @@ def check(engine, progress: Callable[[int], None] | None = None) -> dict:
                 problems.append(f"{where}: version record: {x}")
                 return
             root = bytes.fromhex(rec["root"])
-            if rec["kind"] == "fs":
+            if rec["kind"] in ("fs", "db"):  # a db version is a tree of JSON Lines files
                 tree_ok(root, where)
             else:
                 manifest_ok(root, where)
@@ -210,7 +210,7 @@ def gc(engine) -> dict:
         for _k, v in txn.cursor(db=e.d_versions):
             rec = json.loads(v)
             root = bytes.fromhex(rec["root"])
-            if rec["kind"] == "fs":
+            if rec["kind"] in ("fs", "db"):  # a db version is a tree of JSON Lines files
                 mark_tree(root)
             else:
                 live_manifests.add(root)

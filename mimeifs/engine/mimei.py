@@ -30,7 +30,7 @@ import time
 
 from .. import ids
 from . import backup as bk
-from . import blocks, objects
+from . import blocks, kvsnap, objects
 from .db import Store, scan_prefix
 from .worktree import ROOT_PARENT, Worktree
 
@@ -173,8 +173,8 @@ class Engine:
         Idempotent: the same (author, app type, type, mark) returns the existing ID.
         ``mark == "auto"`` draws a fresh mark. Raises :class:`MiMeiError` (EINVAL).
         """
-        if mimei_type not in ("fs", "file"):
-            raise MiMeiError(errno.EINVAL, f"MiMei type must be fs or file (db is not built yet), not {mimei_type!r}")
+        if mimei_type not in MIMEI_TYPES:
+            raise MiMeiError(errno.EINVAL, f"MiMei type must be fs, file or db, not {mimei_type!r}")
         if mark == "auto":
             mark = "auto-" + secrets.token_hex(8)
         if not mark or "/" in mark or "\0" in mark or len(mark.encode()) > 200:
@@ -194,6 +194,8 @@ class Engine:
             txn.put(m20, ids.canonical(info), db=self.d_mimei)
             if mimei_type == "fs":
                 m = stat.S_IFDIR | (0o755 if mode is None else mode)
+            elif mimei_type == "db":  # cur of a db lives in kv (kvsnap); its inode stays empty
+                m = stat.S_IFDIR | 0o555
             else:
                 m = stat.S_IFREG | (0o644 if mode is None else mode)
             root = self.wt.new_inode(txn, m20, m, uid, gid)
@@ -234,6 +236,7 @@ class Engine:
                         txn.delete(bytes.fromhex(t) + m20 + _N.pack(n), db=self.d_vrefs)
                     txn.delete(m20 + _N.pack(n), db=self.d_versions)
             self._set_refs(txn, m20, [])
+            kvsnap.clear_ns(txn, self.store, m20)
             txn.delete(m20, db=self.d_state)
             txn.delete(m20, db=self.d_mimei)
             mark = info["mark"].encode()
@@ -292,7 +295,11 @@ class Engine:
             raise MiMeiError(errno.EACCES, f"{mimei} was not authored by this node")
         with self.store.write() as txn:
             st = self._state(txn, m20)
-            kind, root, size, stats = bk.freeze(txn, self.wt, st["cur"], progress)
+            if self._info(txn, m20)["mimei_type"] == "db":
+                kind = "db"
+                root, size, stats = kvsnap.freeze(txn, self.store, m20, self.chunks)
+            else:
+                kind, root, size, stats = bk.freeze(txn, self.wt, st["cur"], progress)
             n = 0 if st["last"] is None else st["last"] + 1
             rec = self.store.key.sign_record({
                 "type": "version", "mimei": mimei, "n": n, "kind": kind, "root": root.hex(),
@@ -354,8 +361,11 @@ class Engine:
         rec = self.version(mimei, n)
         with self.store.write() as txn:
             st = self._state(txn, m20)
-            bk.checkout(txn, self.wt, st["cur"], rec["kind"], bytes.fromhex(rec["root"]),
-                        rec["size"], self.is_open)
+            if rec["kind"] == "db":
+                kvsnap.checkout(txn, self.store, m20, bytes.fromhex(rec["root"]), self.chunks)
+            else:
+                bk.checkout(txn, self.wt, st["cur"], rec["kind"], bytes.fromhex(rec["root"]),
+                            rec["size"], self.is_open)
             self._set_refs(txn, m20, rec.get("refs", []))
 
     def _set_refs(self, txn, m20: bytes, targets: list[str]) -> None:
@@ -392,7 +402,10 @@ class Engine:
         n20 = bytes.fromhex(new_id)
         with self.store.write() as txn:
             st = self._state(txn, n20)
-            bk.checkout(txn, self.wt, st["cur"], src["kind"], bytes.fromhex(src["root"]), src["size"])
+            if src["kind"] == "db":
+                kvsnap.checkout(txn, self.store, n20, bytes.fromhex(src["root"]), self.chunks)
+            else:
+                bk.checkout(txn, self.wt, st["cur"], src["kind"], bytes.fromhex(src["root"]), src["size"])
             self._set_refs(txn, n20, src.get("refs", []))
             rec = self.store.key.sign_record({
                 "type": "version", "mimei": new_id, "n": 0, "kind": src["kind"], "root": src["root"],
@@ -411,7 +424,7 @@ class Engine:
         """The root of version n as an entry (a directory for fs, a file for file)."""
         rec = self.version(mimei, n)
         h = bytes.fromhex(rec["root"])
-        if rec["kind"] == "fs":
+        if rec["kind"] in ("fs", "db"):
             mode = stat.S_IFDIR | 0o555
         else:
             mode = stat.S_IFREG | 0o444
