@@ -130,13 +130,16 @@ class _Main(click.Group):
     """The top-level group. The ``ledger`` and ``credit`` groups are imported on first
     use: no engine command needs them, and their imports cost ~40 ms per command."""
 
-    _LAZY = ("credit", "ledger")
+    _LAZY = ("credit", "db", "ledger")
 
     def list_commands(self, ctx):
         return sorted(set(super().list_commands(ctx)) | set(self._LAZY))
 
     def get_command(self, ctx, name):
-        if name in self._LAZY and name not in self.commands:
+        if name == "db" and name not in self.commands:
+            from .resp.cli import db
+            self.add_command(db)
+        elif name in self._LAZY and name not in self.commands:
             from .ledger.cli import credit, ledger
             self.add_command(ledger)
             self.add_command(credit)
@@ -166,7 +169,7 @@ def init(ctx):
 
 
 @main.command()
-@click.option("--type", "mtype", type=click.Choice(["fs", "file"]), required=True)
+@click.option("--type", "mtype", type=click.Choice(["fs", "file", "db"]), required=True)
 @click.option("--mark", required=True, help="name of the MiMei; 'auto' makes a fresh one")
 @click.option("--app-type", default="", help="associated application type")
 @click.option("--ext", default="", help="extension (for file MiMei)")
