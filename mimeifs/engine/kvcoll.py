@@ -130,8 +130,10 @@ def c_lrange(ks, a):
 
 @command("lindex", 3)
 def c_lindex(ks, a):
+    h, head, tail = _list(ks, a[0])  # Redis looks the key up before the index
+    if h is None:
+        return None
     i = parse_int(a[1])
-    h, head, tail = _list(ks, a[0])
     n = tail - head
     if i < 0:
         i += n
@@ -142,10 +144,10 @@ def c_lindex(ks, a):
 
 @command("lset", 4, True)
 def c_lset(ks, a):
-    i = parse_int(a[1])
     h, head, tail = _list(ks, a[0])
     if h is None:
         raise ReplyError("ERR no such key")
+    i = parse_int(a[1])
     n = tail - head
     if i < 0:
         i += n
@@ -463,6 +465,8 @@ def c_zscore(ks, a):
 def _score_bound(b: bytes):
     """(value, exclusive) of a ZRANGEBYSCORE bound; ReplyError on a bad one."""
     excl = b[:1] == b"("
+    if b == b"(" or not b:  # Redis's strtod takes an empty string as 0 here
+        return 0.0, excl
     try:
         v = parse_float(b[1:] if excl else b)
     except ReplyError:
