@@ -113,77 +113,90 @@ class RequestParser:
     def pending(self) -> int:
         return len(self.buf) - self.pos
 
-    def commands(self) -> list[list[bytes]]:
-        buf, pos, n = self.buf, self.pos, len(self.buf)
+    def commands(self) -> tuple[list[list[bytes]], ProtocolError | None]:
+        """(complete commands, the protocol error that follows them or None)."""
         out: list = []
+        try:
+            self._commands(out)
+        except ProtocolError as e:
+            return out, e
+        return out, None
+
+    def _commands(self, out: list) -> None:
+        buf, pos, n = self.buf, self.pos, len(self.buf)
         frames_start = pos
         nframes = 0
         find = buf.find
-        while pos < n:
-            if buf[pos] != 42:  # '*': otherwise an inline command
-                if nframes:
-                    self._hiredis(frames_start, pos, nframes, out)
-                    nframes = 0
-                e = find(b"\n", pos)
-                if e < 0:
-                    if n - pos > MAX_INLINE:
+        try:
+            while pos < n:
+                if buf[pos] != 42:  # '*': otherwise an inline command
+                    if nframes:
+                        self._hiredis(frames_start, pos, nframes, out)
+                        nframes = 0
+                    e = find(b"\n", pos)
+                    if e < 0:
+                        if n - pos > MAX_INLINE:
+                            raise ProtocolError("ERR Protocol error: too big inline request")
+                        break
+                    if e - pos > MAX_INLINE:
                         raise ProtocolError("ERR Protocol error: too big inline request")
-                    break
-                if e - pos > MAX_INLINE:
-                    raise ProtocolError("ERR Protocol error: too big inline request")
-                args = split_inline(bytes(buf[pos:e]))
-                if args:
-                    out.append(args)
-                pos = frames_start = e + 1
-                continue
-            e = find(b"\r\n", pos)
-            if e < 0:
-                if n - pos > 32:
-                    raise ProtocolError("ERR Protocol error: too big mbulk count string")
-                break
-            try:
-                count = int(buf[pos + 1:e])
-            except ValueError:
-                raise ProtocolError("ERR Protocol error: invalid multibulk length") from None
-            if count > MAX_ARGS:
-                raise ProtocolError("ERR Protocol error: invalid multibulk length")
-            p = e + 2
-            complete = True
-            for _ in range(count):
-                if p >= n:
-                    complete = False
-                    break
-                if buf[p] != 36:  # '$'
-                    got = chr(buf[p]) if 32 < buf[p] < 127 else "?"
-                    raise ProtocolError(f"ERR Protocol error: expected '$', got '{got}'")
-                e = find(b"\r\n", p)
+                    args = split_inline(bytes(buf[pos:e]))
+                    if args:
+                        out.append(args)
+                    pos = frames_start = e + 1
+                    continue
+                e = find(b"\r\n", pos)
                 if e < 0:
-                    if n - p > 32:
-                        raise ProtocolError("ERR Protocol error: too big bulk count string")
-                    complete = False
+                    if n - pos > 32:
+                        raise ProtocolError("ERR Protocol error: too big mbulk count string")
                     break
                 try:
-                    ln = int(buf[p + 1:e])
+                    count = int(buf[pos + 1:e])
                 except ValueError:
-                    raise ProtocolError("ERR Protocol error: invalid bulk length") from None
-                if not 0 <= ln <= MAX_BULK:
-                    raise ProtocolError("ERR Protocol error: invalid bulk length")
-                p = e + 2 + ln + 2
-                if p - pos > MAX_FRAME:
-                    raise ProtocolError("ERR Protocol error: command too big (query buffer limit)")
-                if p > n:
-                    complete = False
+                    raise ProtocolError("ERR Protocol error: invalid multibulk length") from None
+                if count > MAX_ARGS:
+                    raise ProtocolError("ERR Protocol error: invalid multibulk length")
+                p = e + 2
+                complete = True
+                for _ in range(count):
+                    if p >= n:
+                        complete = False
+                        break
+                    if buf[p] != 36:  # '$'
+                        got = chr(buf[p]) if 32 < buf[p] < 127 else "?"
+                        raise ProtocolError(f"ERR Protocol error: expected '$', got '{got}'")
+                    e = find(b"\r\n", p)
+                    if e < 0:
+                        if n - p > 32:
+                            raise ProtocolError("ERR Protocol error: too big bulk count string")
+                        complete = False
+                        break
+                    try:
+                        ln = int(buf[p + 1:e])
+                    except ValueError:
+                        raise ProtocolError("ERR Protocol error: invalid bulk length") from None
+                    if not 0 <= ln <= MAX_BULK:
+                        raise ProtocolError("ERR Protocol error: invalid bulk length")
+                    p = e + 2 + ln + 2
+                    if p - pos > MAX_FRAME:
+                        raise ProtocolError("ERR Protocol error: command too big (query buffer limit)")
+                    if p > n:
+                        complete = False
+                        break
+                if not complete:
                     break
-            if not complete:
-                break
-            if count <= 0:  # '*0' / '*-1': nothing to run (Redis ignores them)
-                if nframes:
-                    self._hiredis(frames_start, pos, nframes, out)
-                    nframes = 0
-                frames_start = p
-            else:
-                nframes += 1
-            pos = p
+                if count <= 0:  # '*0' / '*-1': nothing to run (Redis ignores them)
+                    if nframes:
+                        self._hiredis(frames_start, pos, nframes, out)
+                        nframes = 0
+                    frames_start = p
+                else:
+                    nframes += 1
+                pos = p
+        except ProtocolError:
+            if nframes:  # the whole frames before the bad one still run
+                self._hiredis(frames_start, pos, nframes, out)
+            raise
         if nframes:
             self._hiredis(frames_start, pos, nframes, out)
         if pos >= len(buf):
@@ -194,7 +207,6 @@ class RequestParser:
             self.pos = 0
         else:
             self.pos = pos
-        return out
 
     def _hiredis(self, start: int, end: int, nframes: int, out: list) -> None:
         r = self.reader

@@ -26,7 +26,7 @@ from ..engine.kv import (NIL_ARRAY, OK, Keyspace, Map, ReplyError, Status)
 from ..engine.kvcmd import COMMANDS, arity_error
 from . import connection as cc
 from .auth import Tokens
-from .proto import ProtocolError, RequestParser, encode
+from .proto import RequestParser, encode
 
 log = logging.getLogger("mimeifs.resp")
 SOCKET_NAME = "resp.sock"
@@ -158,11 +158,7 @@ class RespServer:
                 if not data:
                     break
                 parser.feed(data)
-                try:
-                    cmds = parser.commands()
-                    err = None
-                except ProtocolError as e:
-                    cmds, err = [], e
+                cmds, err = parser.commands()
                 if not cmds and err is None:
                     continue
                 await self._prepare(conn, cmds)
