@@ -399,6 +399,18 @@ def is_ready(engine, mimei: str, n: int) -> bool:
         return txn.get(version_ns_of(root) + b"!", db=engine.store.db("kvmeta")) is not None
 
 
+def ensure_version(engine, root: bytes) -> None:
+    """Fetch what this store lacks of a db version (its tree, manifests and chunks)
+    through the engine's chunk store; call outside any write transaction. Raises
+    ChunkMissing when no provider has them."""
+    chunks = getattr(engine, "chunks", None)
+    if chunks is None or not hasattr(chunks, "ensure"):
+        return
+    chunks.ensure([("tree", root)])
+    tree = chunks.tree(root)
+    chunks.ensure([("manifest", e.hash) for e in tree.entries if e.is_file])
+
+
 def version_ns(engine, mimei: str, n: int) -> bytes:
     """The namespace holding version n of a db MiMei as a read-only keyspace, built from
     the version's files on first use (blocks fetched by the engine if missing)."""
@@ -411,6 +423,7 @@ def version_ns(engine, mimei: str, n: int) -> bytes:
     with store.read() as txn:
         if txn.get(ns + b"!", db=store.db("kvmeta")) is not None:
             return ns
+    ensure_version(engine, root)
     with store.write() as txn:
         if txn.get(ns + b"!", db=store.db("kvmeta")) is None:
             clear_ns(txn, store, ns)
