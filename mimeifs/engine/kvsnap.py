@@ -88,8 +88,19 @@ def _score_in(v) -> float:
     return float(v)
 
 
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
 def key_line(ks: Keyspace, key: bytes, t: int, exp: int, payload) -> bytes:
     """The JSON line of one key (with its newline)."""
+    if t == STRING and not exp:  # the common case, byte for byte what the general path makes
+        try:
+            k, v = key.decode("utf-8"), bytes(payload).decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+        else:
+            return ('{"type":"string","key":%s,"value":%s}\n' % (_dumps(k), _dumps(v))).encode(
+                "utf-8", "surrogatepass")
     if t == STRING:
         val = _j(bytes(payload))
     elif t == HASH:

@@ -30,6 +30,7 @@ from .proto import RequestParser, encode
 
 log = logging.getLogger("mimeifs.resp")
 SOCKET_NAME = "resp.sock"
+_AUTHS = (b"auth", b"hello")
 
 
 def parse_listen(spec: str) -> tuple[str, int]:
@@ -161,7 +162,10 @@ class RespServer:
                 cmds, err = parser.commands()
                 if not cmds and err is None:
                     continue
-                await self._prepare(conn, cmds)
+                for args in cmds:
+                    if args[0] in _AUTHS or args[0].lower() in _AUTHS:
+                        await self._prepare(conn, cmds)
+                        break
                 out: list = []
                 close = self.execute(conn, cmds, out)
                 if err is not None:
