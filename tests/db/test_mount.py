@@ -1,0 +1,58 @@
+"""A db MiMei's versions through the FUSE mount: ``mm/<id>/v/<n>/`` holds one JSON Lines
+file per data type, read-only, read by ordinary tools (cat, b3sum, python's json)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import tempfile
+
+import pytest
+
+from .conftest import CLI
+
+
+@pytest.fixture
+def mounted(fresh_db):
+    mnt = tempfile.mkdtemp(prefix="mimeifs-dbmnt-", dir="/tmp")
+    fresh_db.run("mount", mnt)
+    try:
+        yield fresh_db, mnt
+    finally:
+        subprocess.run(CLI + ["umount", mnt], env=fresh_db.env,
+                       capture_output=True, timeout=60)
+        if os.path.ismount(mnt):
+            subprocess.run(["fusermount3", "-uz", mnt], capture_output=True)
+        os.rmdir(mnt)
+
+
+def test_version_files_through_the_mount(mounted):
+    m, mnt = mounted
+    c = m.client()
+    c.cmd("SET", "greeting", "hello")
+    c.cmd("HSET", "user:1", "name", "ann", "age", "7")
+    c.cmd("RPUSH", "queue", "a", "b")
+    c.cmd("SADD", "tags", "x", "y")
+    c.cmd("ZADD", "board", "10", "ann", "3.5", "bob")
+    m.run("backup", "t")
+    c.cmd("SET", "greeting", "changed after the backup")
+    v0 = os.path.join(mnt, "mm", m.mid, "v", "0")
+    assert sorted(os.listdir(v0)) == ["hashes.jsonl", "lists.jsonl", "sets.jsonl", "strings.jsonl", "zsets.jsonl"]
+    strings = subprocess.run(["cat", os.path.join(v0, "strings.jsonl")], capture_output=True,
+                             text=True, check=True).stdout
+    assert [json.loads(x) for x in strings.splitlines()] == [
+        {"type": "string", "key": "greeting", "value": "hello"}]
+    with open(os.path.join(v0, "zsets.jsonl")) as f:
+        assert json.loads(f.readline())["value"] == [["bob", 3.5], ["ann", 10]]
+    with open(os.path.join(v0, "hashes.jsonl")) as f:
+        assert json.loads(f.readline())["value"] == [["age", "7"], ["name", "ann"]]
+    b3 = subprocess.run(["b3sum", "--no-names", os.path.join(v0, "lists.jsonl")],
+                        capture_output=True, text=True, check=True).stdout.strip()
+    assert os.getxattr(os.path.join(v0, "lists.jsonl"), "user.mimei.hash").decode() == b3
+    with pytest.raises(OSError) as e:
+        open(os.path.join(v0, "strings.jsonl"), "w")
+    assert e.value.errno == errno.EROFS
+    assert os.path.realpath(os.path.join(mnt, "mm", m.mid, "last")) == v0
+    c.close()
