@@ -210,6 +210,16 @@ def info(ctx, spec):
     click.echo(json.dumps(_engine(ctx).info(_resolve(ctx, spec)), indent=2, sort_keys=True))
 
 
+def _resp_option(ctx, param, value):
+    """Check ``--resp HOST:PORT`` before a daemon is forked."""
+    if value is None:
+        return None
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise click.BadParameter(f"want HOST:PORT, not {value!r}")
+    return value
+
+
 @main.command()
 @click.argument("mountpoint", type=click.Path(file_okay=False))
 @click.option("--foreground", "-f", is_flag=True, help="stay in the foreground, log to stderr")
@@ -219,13 +229,16 @@ def info(ctx, spec):
               help="poll /dev/fuse this long after each request before sleeping (0: never)")
 @click.option("--dir-readahead/--no-dir-readahead", default=True, show_default=True,
               help="on opening a version file, push its small siblings into the page cache")
+@click.option("--resp", "resp", metavar="HOST:PORT", default=None, callback=_resp_option,
+              help="serve db MiMei over RESP (Redis protocol) on this TCP address too")
 @click.pass_context
-def mount(ctx, mountpoint, foreground, allow_other, debug, busy_poll_us, dir_readahead):
+def mount(ctx, mountpoint, foreground, allow_other, debug, busy_poll_us, dir_readahead, resp):
     """Mount the store at MOUNTPOINT (a daemon unless --foreground)."""
     from .fuse.mount import MountError, mount as do_mount
     try:
         code = do_mount(ctx.obj["store_path"], mountpoint, foreground, allow_other, debug,
-                        busy_poll_us=busy_poll_us, dir_readahead=dir_readahead)
+                        busy_poll_us=busy_poll_us, dir_readahead=dir_readahead,
+                        extra={"resp": resp})
     except MountError as e:
         raise _fail(str(e)) from None
     if not foreground:
@@ -236,8 +249,10 @@ def mount(ctx, mountpoint, foreground, allow_other, debug, busy_poll_us, dir_rea
 @main.command()
 @click.option("--foreground", "-f", is_flag=True, help="stay in the foreground, log to stderr")
 @click.option("--debug", is_flag=True, help="verbose logging")
+@click.option("--resp", "resp", metavar="HOST:PORT", default=None, callback=_resp_option,
+              help="serve db MiMei over RESP (Redis protocol) on this TCP address too")
 @click.pass_context
-def serve(ctx, foreground, debug):
+def serve(ctx, foreground, debug, resp):
     """Run a headless node on the store (no FUSE mount): the services only.
 
     Stop it with `mimeifs stop` (or SIGTERM)."""
@@ -245,7 +260,8 @@ def serve(ctx, foreground, debug):
     from .fuse.mount import MountError, check_not_running
     try:
         check_not_running(ctx.obj["store_path"])
-        code = start(DaemonConfig(ctx.obj["store_path"], None, debug=debug), foreground)
+        code = start(DaemonConfig(ctx.obj["store_path"], None, debug=debug, extra={"resp": resp}),
+                     foreground)
     except (MountError, StartError) as e:
         raise _fail(str(e)) from None
     if not foreground:

@@ -80,7 +80,7 @@ def part_rps(args, base: str) -> None:
     token = subprocess.run(cli + ["db", "token", "bench"], env=env, check=True, capture_output=True,
                            text=True).stdout.strip()
     mp, rp = free_port(), free_port()
-    mm = subprocess.Popen(cli + ["db", "serve", "--resp", f"127.0.0.1:{mp}", "--no-unix"], env=env,
+    mm = subprocess.Popen(cli + ["serve", "--foreground", "--resp", f"127.0.0.1:{mp}"], env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rs = subprocess.Popen(["redis-server", "--port", str(rp), "--bind", "127.0.0.1", "--save", "",
                            "--appendonly", "no", "--dir", base],
@@ -88,7 +88,7 @@ def part_rps(args, base: str) -> None:
     try:
         wait_port(mp)
         wait_port(rp)
-        print(f"redis-benchmark -n {args.n} -c {args.clients}; mimeifs db serve vs redis-server "
+        print(f"redis-benchmark -n {args.n} -c {args.clients}; mimeifs serve --resp vs redis-server "
               f"{subprocess.run(['redis-server', '--version'], capture_output=True, text=True).stdout.split()[2]}")
         for pipeline in (1, 16):
             print(f"\n-P {pipeline:<3} {'test':<11} {'redis-server':>13} {'mimeifs':>10} {'ratio':>6}")

@@ -1,4 +1,5 @@
-"""``mimeifs db …``: tokens, export/import and a headless RESP server for db MiMei.
+"""``mimeifs db …``: tokens, export and import for db MiMei (the RESP server itself runs
+in the daemon: ``mimeifs serve --resp HOST:PORT`` or ``mimeifs mount --resp …``).
 
 ``SPEC`` is a MiMei ID, a mark or a mount path; ``SPEC@VERSION`` names a version
 (``@3``, ``@last``, ``@release``). The export format is the versions' JSON Lines (one
@@ -42,7 +43,7 @@ def _version_n(ctx, mid: str, ver: str) -> int:
 
 @click.group()
 def db():
-    """db MiMei: RESP tokens, export, import, a headless RESP server."""
+    """db MiMei: RESP tokens, export, import."""
 
 
 @db.command()
@@ -118,34 +119,3 @@ def import_(ctx, spec, file, replace):
         if src is not sys.stdin.buffer:
             src.close()
     click.echo(f"imported {n} keys into {mid}")
-
-
-@db.command()
-@click.option("--resp", "listen", default=None, metavar="HOST:PORT", help="TCP address (loopback by default: 127.0.0.1:6379)")
-@click.option("--no-unix", is_flag=True, help="no Unix socket at <store>/resp.sock")
-@click.pass_context
-def serve(ctx, listen, no_unix):
-    """Serve db MiMei over RESP until interrupted (without a mount)."""
-    import trio
-
-    from .server import RespServer
-    e = _engine(ctx)
-    try:
-        srv = RespServer(e, listen, "" if no_unix else None)
-    except ValueError as x:
-        raise click.ClickException(str(x)) from None
-
-    async def main():
-        async with trio.open_nursery() as n:
-            await n.start(srv.run)
-            where = [f"{listen.rpartition(':')[0]}:{srv.port}"] if listen else []
-            if srv.unix_path:
-                where.append(srv.unix_path)
-            click.echo("resp listening on " + " and ".join(where), err=True)
-            sys.stderr.flush()
-    try:
-        trio.run(main)
-    except KeyboardInterrupt:
-        pass
-    except OSError as x:
-        raise click.ClickException(f"cannot listen: {x}") from None

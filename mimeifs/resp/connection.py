@@ -113,7 +113,10 @@ def auth_target(server, args):
 
 def _login(server, conn, user, token) -> None:
     mimei, n, writable = _grant(server, user, token)
-    ns = bytes.fromhex(mimei) if n is None else kvsnap.version_ns(server.engine, mimei, n)
+    try:
+        ns = bytes.fromhex(mimei) if n is None else kvsnap.version_ns(server.engine, mimei, n)
+    except Exception as e:  # a version whose blocks cannot be had (remote, damaged)
+        raise ReplyError(f"ERR cannot open {mimei} v/{n}: {e}") from None
     server.unwatch(conn)
     conn.ns, conn.mimei, conn.version, conn.writable = ns, mimei, n, writable
 

@@ -109,6 +109,8 @@ class RespServer:
     ``-ERR`` and logged.
     """
 
+    essential = False  # the daemon goes on without it (a port in use, say)
+
     def __init__(self, engine, listen: str | None = None, unix_path: str | None = None):
         self.engine = engine
         self.store = engine.store

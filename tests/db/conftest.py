@@ -1,5 +1,5 @@
 """Fixtures for the db MiMei tests: a real Debian ``redis-server`` and a real mimeifs
-RESP server process (``mimeifs db serve``) side by side, and a raw RESP client whose
+daemon (``mimeifs serve --foreground --resp``) side by side, and a raw RESP client whose
 replies (hiredis-parsed, errors as values) compare byte for byte."""
 
 from __future__ import annotations
@@ -95,7 +95,8 @@ class Raw:
 
 
 class MimeiDb:
-    """A store with one db MiMei, served by ``mimeifs db serve`` in its own process."""
+    """A store with one db MiMei, served by a headless daemon (``mimeifs serve``) in its
+    own process."""
 
     def __init__(self, base: Path):
         self.base = base
@@ -116,9 +117,9 @@ class MimeiDb:
 
     def start(self) -> None:
         self.port = free_port()
-        self.proc = subprocess.Popen(CLI + ["db", "serve", "--resp", f"127.0.0.1:{self.port}"],
-                                     env=self.env, stdout=subprocess.DEVNULL,
-                                     stderr=open(self.base / "serve.log", "ab"))
+        with open(self.base / "serve.log", "ab") as log:
+            self.proc = subprocess.Popen(CLI + ["serve", "--foreground", "--resp", f"127.0.0.1:{self.port}"],
+                                         env=self.env, stdout=subprocess.DEVNULL, stderr=log)
         wait_port(self.port, self.proc)
 
     def kill9(self) -> None:

@@ -16,8 +16,10 @@ from .conftest import CLI
 
 @pytest.fixture
 def mounted(fresh_db):
+    """The store mounted by one daemon that also serves RESP on fresh_db's port."""
     mnt = tempfile.mkdtemp(prefix="mimeifs-dbmnt-", dir="/tmp")
-    fresh_db.run("mount", mnt)
+    fresh_db.stop()
+    fresh_db.run("mount", mnt, "--resp", f"127.0.0.1:{fresh_db.port}")
     try:
         yield fresh_db, mnt
     finally:
