@@ -178,8 +178,10 @@ class Keyspace:
 
     def __init__(self, store, ns: bytes, txn, write: bool, track_dirty: bool = True):
         self.txn, self.ns, self.write = txn, ns, write
-        self.d_kv, self.d_el = store.db("kv"), store.db("kvel")
-        self.d_meta, self.d_dirty = store.db("kvmeta"), store.db("kvdirty")
+        dbs = store.__dict__.get("_kv_dbs")
+        if dbs is None:  # looked up once per store
+            dbs = store._kv_dbs = tuple(store.db(n) for n in ("kv", "kvel", "kvmeta", "kvdirty"))
+        self.d_kv, self.d_el, self.d_meta, self.d_dirty = dbs
         self.track_dirty = track_dirty
         self.now = now_ms()
         self.touched: set[bytes] = set()

@@ -31,6 +31,7 @@ from .proto import RequestParser, encode
 log = logging.getLogger("mimeifs.resp")
 SOCKET_NAME = "resp.sock"
 _AUTHS = (b"auth", b"hello")
+_BY_BYTES = {v: (*spec, k) for k, spec in COMMANDS.items() for v in (k.encode(), k.upper().encode())}
 
 
 def parse_listen(spec: str) -> tuple[str, int]:
@@ -231,11 +232,15 @@ class RespServer:
     def one(self, conn: Conn, args: list[bytes], batch: Batch):
         """One command's reply (ReplyError raised for an error)."""
         self.calls += 1
-        try:
-            name = args[0].lower().decode()
-        except UnicodeDecodeError:
-            name = args[0].lower().decode("latin-1")
-        spec = COMMANDS.get(name)
+        spec = _BY_BYTES.get(args[0])  # the names as clients send them, without lower()
+        if spec is not None:
+            name = spec[3]
+        else:
+            try:
+                name = args[0].lower().decode()
+            except UnicodeDecodeError:
+                name = args[0].lower().decode("latin-1")
+            spec = COMMANDS.get(name)
         if spec is None:
             fn = cc.CONN_COMMANDS.get(name)
             if fn is None:
@@ -249,7 +254,7 @@ class RespServer:
                 conn.multi.append((fn, None, args))
                 return cc.QUEUED
             return fn(self, conn, args, batch)
-        fn, arity, write = spec
+        fn, arity, write = spec[0], spec[1], spec[2]
         n = len(args)
         if conn.ns is None:
             raise ReplyError("NOAUTH Authentication required.")
