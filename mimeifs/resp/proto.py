@@ -94,17 +94,65 @@ def split_inline(line: bytes) -> list[bytes]:
         out.append(bytes(cur))
 
 
+def check_frame(buf, pos: int) -> int | None:
+    """Walk the headers of the RESP frame at ``buf[pos]``: its end if it is complete,
+    None if more bytes must come. Raises :class:`ProtocolError` (Redis's words) for a
+    malformed header or a length over the limits, whether or not its bytes came."""
+    n, find = len(buf), buf.find
+    e = find(b"\r\n", pos)
+    if e < 0:
+        if n - pos > 32:
+            raise ProtocolError("ERR Protocol error: too big mbulk count string")
+        return None
+    try:
+        count = int(buf[pos + 1:e])
+    except ValueError:
+        raise ProtocolError("ERR Protocol error: invalid multibulk length") from None
+    if count > MAX_ARGS:
+        raise ProtocolError("ERR Protocol error: invalid multibulk length")
+    p = e + 2
+    for _ in range(count):
+        if p >= n:
+            return None
+        if buf[p] != 36:  # '$'
+            got = chr(buf[p]) if 32 < buf[p] < 127 else "?"
+            raise ProtocolError(f"ERR Protocol error: expected '$', got '{got}'")
+        e = find(b"\r\n", p)
+        if e < 0:
+            if n - p > 32:
+                raise ProtocolError("ERR Protocol error: too big bulk count string")
+            return None
+        try:
+            ln = int(buf[p + 1:e])
+        except ValueError:
+            raise ProtocolError("ERR Protocol error: invalid bulk length") from None
+        if not 0 <= ln <= MAX_BULK:
+            raise ProtocolError("ERR Protocol error: invalid bulk length")
+        p = e + 2 + ln + 2
+        if p - pos > MAX_FRAME:
+            raise ProtocolError("ERR Protocol error: command too big (query buffer limit)")
+        if p > n:
+            return None
+    return p
+
+
 class RequestParser:
     """Incremental request parser with limits. ``feed(data)`` then ``commands()`` gives
-    every complete command (a list of bytes arguments; empty inline lines are skipped).
-    Raises :class:`ProtocolError` at the first violation (the caller replies and closes).
+    every complete command (a list of bytes arguments; empty inline lines are skipped)
+    and the protocol error that follows them, if any (the caller replies and closes).
+
+    Whole frames are parsed by hiredis straight from the stream; each frame's end is
+    known from its arguments (RESP lengths are canonical: hiredis, like Redis, refuses
+    ``$03``), so an inline command after it is seen, and a frame that is not yet whole
+    has its headers checked against the limits by :func:`check_frame` once per read.
     """
 
-    __slots__ = ("buf", "pos", "reader")
+    __slots__ = ("buf", "pos", "fed", "reader")
 
     def __init__(self):
         self.buf = bytearray()
-        self.pos = 0
+        self.pos = 0   # start of the first frame not yet returned
+        self.fed = 0   # bytes of buf handed to hiredis
         self.reader = hiredis.Reader()
 
     def feed(self, data: bytes) -> None:
@@ -120,102 +168,87 @@ class RequestParser:
             self._commands(out)
         except ProtocolError as e:
             return out, e
+        finally:
+            self._compact()
         return out, None
 
-    def _commands(self, out: list) -> None:
-        buf, pos, n = self.buf, self.pos, len(self.buf)
-        frames_start = pos
-        nframes = 0
-        find = buf.find
-        try:
-            while pos < n:
-                if buf[pos] != 42:  # '*': otherwise an inline command
-                    if nframes:
-                        self._hiredis(frames_start, pos, nframes, out)
-                        nframes = 0
-                    e = find(b"\n", pos)
-                    if e < 0:
-                        if n - pos > MAX_INLINE:
-                            raise ProtocolError("ERR Protocol error: too big inline request")
-                        break
-                    if e - pos > MAX_INLINE:
-                        raise ProtocolError("ERR Protocol error: too big inline request")
-                    args = split_inline(bytes(buf[pos:e]))
-                    if args:
-                        out.append(args)
-                    pos = frames_start = e + 1
-                    continue
-                e = find(b"\r\n", pos)
-                if e < 0:
-                    if n - pos > 32:
-                        raise ProtocolError("ERR Protocol error: too big mbulk count string")
-                    break
-                try:
-                    count = int(buf[pos + 1:e])
-                except ValueError:
-                    raise ProtocolError("ERR Protocol error: invalid multibulk length") from None
-                if count > MAX_ARGS:
-                    raise ProtocolError("ERR Protocol error: invalid multibulk length")
-                p = e + 2
-                complete = True
-                for _ in range(count):
-                    if p >= n:
-                        complete = False
-                        break
-                    if buf[p] != 36:  # '$'
-                        got = chr(buf[p]) if 32 < buf[p] < 127 else "?"
-                        raise ProtocolError(f"ERR Protocol error: expected '$', got '{got}'")
-                    e = find(b"\r\n", p)
-                    if e < 0:
-                        if n - p > 32:
-                            raise ProtocolError("ERR Protocol error: too big bulk count string")
-                        complete = False
-                        break
-                    try:
-                        ln = int(buf[p + 1:e])
-                    except ValueError:
-                        raise ProtocolError("ERR Protocol error: invalid bulk length") from None
-                    if not 0 <= ln <= MAX_BULK:
-                        raise ProtocolError("ERR Protocol error: invalid bulk length")
-                    p = e + 2 + ln + 2
-                    if p - pos > MAX_FRAME:
-                        raise ProtocolError("ERR Protocol error: command too big (query buffer limit)")
-                    if p > n:
-                        complete = False
-                        break
-                if not complete:
-                    break
-                if count <= 0:  # '*0' / '*-1': nothing to run (Redis ignores them)
-                    if nframes:
-                        self._hiredis(frames_start, pos, nframes, out)
-                        nframes = 0
-                    frames_start = p
-                else:
-                    nframes += 1
-                pos = p
-        except ProtocolError:
-            if nframes:  # the whole frames before the bad one still run
-                self._hiredis(frames_start, pos, nframes, out)
-            raise
-        if nframes:
-            self._hiredis(frames_start, pos, nframes, out)
-        if pos >= len(buf):
-            buf.clear()
+    def _compact(self) -> None:
+        if self.pos >= len(self.buf):
+            self.buf.clear()
+            self.pos = self.fed = 0
+        elif self.pos > 1 << 16:
+            del self.buf[:self.pos]
+            self.fed -= self.pos
             self.pos = 0
-        elif pos > 1 << 16:
-            del buf[:pos]
-            self.pos = 0
-        else:
-            self.pos = pos
 
-    def _hiredis(self, start: int, end: int, nframes: int, out: list) -> None:
-        r = self.reader
-        r.feed(self.buf, start, end - start)
-        for _ in range(nframes):
-            cmd = r.gets()
-            if cmd is False or not isinstance(cmd, list):
-                raise ProtocolError("ERR Protocol error: unparsable request")
+    def _commands(self, out: list) -> None:
+        buf = self.buf
+        n = len(buf)
+        while self.pos < n:
+            pos = self.pos
+            if buf[pos] != 42:  # not '*': an inline command
+                e = buf.find(b"\n", pos)
+                if e < 0:
+                    if n - pos > MAX_INLINE:
+                        raise ProtocolError("ERR Protocol error: too big inline request")
+                    return
+                if e - pos > MAX_INLINE:
+                    raise ProtocolError("ERR Protocol error: too big inline request")
+                args = split_inline(bytes(buf[pos:e]))
+                if args:
+                    out.append(args)
+                self.pos = self.fed = e + 1
+                continue
+            # hiredis must never meet an array count over the limit: it spends seconds on
+            # '*2000000000' followed by garbage. One find and one int per command.
+            e = buf.find(b"\r\n", pos, pos + 34)
+            if e < 0:
+                if n - pos > 32:
+                    raise ProtocolError("ERR Protocol error: too big mbulk count string")
+                return
+            try:
+                count = int(buf[pos + 1:e])
+            except ValueError:
+                raise ProtocolError("ERR Protocol error: invalid multibulk length") from None
+            if count > MAX_ARGS:
+                raise ProtocolError("ERR Protocol error: invalid multibulk length")
+            r = self.reader
+            if self.fed < n:
+                if self.fed < pos:
+                    self.fed = pos
+                r.feed(buf, self.fed, n - self.fed)
+                self.fed = n
+            try:
+                cmd = r.gets()
+            except hiredis.ProtocolError:
+                check_frame(buf, pos)  # raises Redis's words for what hiredis refused
+                raise ProtocolError("ERR Protocol error: invalid request") from None
+            if cmd is False:
+                check_frame(buf, pos)  # limits on what is claimed but not yet here
+                if n - pos > MAX_FRAME:
+                    raise ProtocolError("ERR Protocol error: command too big (query buffer limit)")
+                return
+            if type(cmd) is not list or not cmd:
+                if cmd is None or cmd == []:  # '*-1' or '*0': nothing to run
+                    self.pos = buf.find(b"\n", pos) + 1
+                    continue
+                check_frame(buf, pos)
+                raise ProtocolError("ERR Protocol error: expected '$'")
+            size = len(b"*%d\r\n" % len(cmd))
+            for a in cmd:
+                if type(a) is not bytes:
+                    check_frame(buf, pos)
+                    raise ProtocolError("ERR Protocol error: expected '$'")
+                ln = len(a)
+                if ln > MAX_BULK:
+                    raise ProtocolError("ERR Protocol error: invalid bulk length")
+                size += ln + len(str(ln)) + 5
+            self.pos = pos + size
             out.append(cmd)
+            if self.pos < n and buf[self.pos] != 42:
+                # inline next: hiredis was fed past this point; start a fresh reader later
+                self.reader = hiredis.Reader()
+                self.fed = self.pos
 
 
 # ---------------------------------------------------------------------- replies
