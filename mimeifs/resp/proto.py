@@ -16,6 +16,8 @@ nulls), from the reply types of ``engine.kv``.
 
 from __future__ import annotations
 
+import re
+
 import hiredis
 
 from ..engine.kv import Double, Map, NilArray, ReplyError, Scored, SetReply, Status, fmt_double
@@ -136,23 +138,28 @@ def check_frame(buf, pos: int) -> int | None:
     return p
 
 
+_COUNT = re.compile(rb"\*(-?[0-9]{1,19})\r\n")
+_BULK = re.compile(rb"\$([0-9]{1,19})\r\n")
+
+
 class RequestParser:
     """Incremental request parser with limits. ``feed(data)`` then ``commands()`` gives
     every complete command (a list of bytes arguments; empty inline lines are skipped)
     and the protocol error that follows them, if any (the caller replies and closes).
 
-    Whole frames are parsed by hiredis straight from the stream; each frame's end is
-    known from its arguments (RESP lengths are canonical: hiredis, like Redis, refuses
-    ``$03``), so an inline command after it is seen, and a frame that is not yet whole
-    has its headers checked against the limits by :func:`check_frame` once per read.
+    Every frame's headers are walked (two compiled regular expressions) before hiredis
+    sees a byte of it: hiredis has no limits, and an aggregate header it should never
+    meet inside a request (``*1\r\n*2000000000\r\n...``) costs it seconds. The walk
+    also finds inline commands between frames; the whole frames of one read are then
+    parsed by hiredis in one feed. A frame that is not whole yet is walked again when
+    more bytes come, so a claimed length over the limits is refused at its header.
     """
 
-    __slots__ = ("buf", "pos", "fed", "reader")
+    __slots__ = ("buf", "pos", "reader")
 
     def __init__(self):
         self.buf = bytearray()
-        self.pos = 0   # start of the first frame not yet returned
-        self.fed = 0   # bytes of buf handed to hiredis
+        self.pos = 0
         self.reader = hiredis.Reader()
 
     def feed(self, data: bytes) -> None:
@@ -168,87 +175,88 @@ class RequestParser:
             self._commands(out)
         except ProtocolError as e:
             return out, e
-        finally:
-            self._compact()
         return out, None
 
-    def _compact(self) -> None:
-        if self.pos >= len(self.buf):
-            self.buf.clear()
-            self.pos = self.fed = 0
-        elif self.pos > 1 << 16:
-            del self.buf[:self.pos]
-            self.fed -= self.pos
-            self.pos = 0
-
     def _commands(self, out: list) -> None:
-        buf = self.buf
-        n = len(buf)
-        while self.pos < n:
-            pos = self.pos
-            if buf[pos] != 42:  # not '*': an inline command
-                e = buf.find(b"\n", pos)
-                if e < 0:
-                    if n - pos > MAX_INLINE:
-                        raise ProtocolError("ERR Protocol error: too big inline request")
-                    return
-                if e - pos > MAX_INLINE:
-                    raise ProtocolError("ERR Protocol error: too big inline request")
-                args = split_inline(bytes(buf[pos:e]))
-                if args:
-                    out.append(args)
-                self.pos = self.fed = e + 1
-                continue
-            # hiredis must never meet an array count over the limit: it spends seconds on
-            # '*2000000000' followed by garbage. One find and one int per command.
-            e = buf.find(b"\r\n", pos, pos + 34)
-            if e < 0:
-                if n - pos > 32:
-                    raise ProtocolError("ERR Protocol error: too big mbulk count string")
-                return
-            try:
-                count = int(buf[pos + 1:e])
-            except ValueError:
-                raise ProtocolError("ERR Protocol error: invalid multibulk length") from None
-            if count > MAX_ARGS:
-                raise ProtocolError("ERR Protocol error: invalid multibulk length")
-            r = self.reader
-            if self.fed < n:
-                if self.fed < pos:
-                    self.fed = pos
-                r.feed(buf, self.fed, n - self.fed)
-                self.fed = n
-            try:
-                cmd = r.gets()
-            except hiredis.ProtocolError:
-                check_frame(buf, pos)  # raises Redis's words for what hiredis refused
-                raise ProtocolError("ERR Protocol error: invalid request") from None
-            if cmd is False:
-                check_frame(buf, pos)  # limits on what is claimed but not yet here
-                if n - pos > MAX_FRAME:
-                    raise ProtocolError("ERR Protocol error: command too big (query buffer limit)")
-                return
-            if type(cmd) is not list or not cmd:
-                if cmd is None or cmd == []:  # '*-1' or '*0': nothing to run
-                    self.pos = buf.find(b"\n", pos) + 1
+        buf, pos, n = self.buf, self.pos, len(self.buf)
+        start = pos      # first frame not yet given to hiredis
+        nframes = 0
+        count_match, bulk_match = _COUNT.match, _BULK.match
+        try:
+            while pos < n:
+                if buf[pos] != 42:  # not '*': an inline command
+                    if nframes:
+                        self._hiredis(start, pos, nframes, out)
+                        nframes = 0
+                    e = buf.find(b"\n", pos, pos + MAX_INLINE + 2)
+                    if e < 0:
+                        if n - pos > MAX_INLINE:
+                            raise ProtocolError("ERR Protocol error: too big inline request")
+                        break
+                    args = split_inline(bytes(buf[pos:e]))
+                    if args:
+                        out.append(args)
+                    pos = start = e + 1
                     continue
-                check_frame(buf, pos)
-                raise ProtocolError("ERR Protocol error: expected '$'")
-            size = len(b"*%d\r\n" % len(cmd))
-            for a in cmd:
-                if type(a) is not bytes:
-                    check_frame(buf, pos)
-                    raise ProtocolError("ERR Protocol error: expected '$'")
-                ln = len(a)
-                if ln > MAX_BULK:
-                    raise ProtocolError("ERR Protocol error: invalid bulk length")
-                size += ln + len(str(ln)) + 5
-            self.pos = pos + size
+                m = count_match(buf, pos)
+                if m is None:
+                    if check_frame(buf, pos) is None:  # raises for a malformed header
+                        break
+                    raise ProtocolError("ERR Protocol error: invalid multibulk length")
+                count = int(m.group(1))
+                if count > MAX_ARGS:
+                    raise ProtocolError("ERR Protocol error: invalid multibulk length")
+                p = m.end()
+                whole = True
+                for _ in range(count):
+                    mb = bulk_match(buf, p)
+                    if mb is None:
+                        if check_frame(buf, pos) is None:  # raises for a malformed one
+                            whole = False
+                            break
+                        raise ProtocolError("ERR Protocol error: invalid bulk length")
+                    ln = int(mb.group(1))
+                    if ln > MAX_BULK:
+                        raise ProtocolError("ERR Protocol error: invalid bulk length")
+                    p = mb.end() + ln + 2
+                    if p - pos > MAX_FRAME:
+                        raise ProtocolError("ERR Protocol error: command too big (query buffer limit)")
+                    if p > n:
+                        whole = False
+                        break
+                if not whole:
+                    break
+                if count <= 0:  # '*0' / '*-1': nothing to run (Redis skips them)
+                    if nframes:
+                        self._hiredis(start, pos, nframes, out)
+                        nframes = 0
+                    start = p
+                else:
+                    nframes += 1
+                pos = p
+        except ProtocolError:
+            if nframes:  # the whole frames before the bad one still run
+                self._hiredis(start, pos, nframes, out)
+            raise
+        if nframes:
+            self._hiredis(start, pos, nframes, out)
+        if pos >= len(buf):
+            buf.clear()
+            self.pos = 0
+        elif pos > 1 << 16:
+            del buf[:pos]
+            self.pos = 0
+        else:
+            self.pos = pos
+
+    def _hiredis(self, start: int, end: int, nframes: int, out: list) -> None:
+        r = self.reader
+        r.feed(self.buf, start, end - start)
+        for _ in range(nframes):
+            cmd = r.gets()
+            if type(cmd) is not list:
+                raise ProtocolError("ERR Protocol error: unparsable request")
             out.append(cmd)
-            if self.pos < n and buf[self.pos] != 42:
-                # inline next: hiredis was fed past this point; start a fresh reader later
-                self.reader = hiredis.Reader()
-                self.fed = self.pos
 
 
 # ---------------------------------------------------------------------- replies
