@@ -86,7 +86,8 @@ class Engine:
     # ------------------------------------------------------------------ change events
     def subscribe(self, fn) -> None:
         """Call ``fn(mimei_id)`` after records of a MiMei change from outside this
-        process's own requests (a remote MiMei adopted or given newer versions). It runs
+        process's own requests (a remote MiMei adopted or given newer versions; a db
+        MiMei restored or removed, whose keys changed under its RESP clients). It runs
         on the thread that made the change and must not block; exceptions are logged."""
         self._listeners.append(fn)
 
@@ -263,6 +264,8 @@ class Engine:
                         txn.put(mark, bytes(k), db=self.d_names)
                         break
         self._own.pop(m20, None)
+        if info["mimei_type"] == "db":
+            self._changed(mimei)  # the RESP door drops connections to it
 
     # ------------------------------------------------------------------ references
     def _refs_out(self, txn, m20: bytes) -> list[str]:
@@ -382,6 +385,8 @@ class Engine:
                 bk.checkout(txn, self.wt, st["cur"], rec["kind"], bytes.fromhex(rec["root"]),
                             rec["size"], self.is_open)
             self._set_refs(txn, m20, rec.get("refs", []))
+        if rec["kind"] == "db":
+            self._changed(mimei)  # the RESP door fails the EXECs that watched its keys
 
     def _set_refs(self, txn, m20: bytes, targets: list[str]) -> None:
         """Make cur's references exactly ``targets`` (hex IDs); a target this store

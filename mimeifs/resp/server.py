@@ -142,6 +142,14 @@ class RespServer:
             os.chmod(self.unix_path, 0o600)
             sock.listen(512)
             listeners.append(trio.SocketListener(sock))
+        token = trio.lowlevel.current_trio_token()
+
+        def changed(mimei: str) -> None:  # any thread: hop to the loop
+            try:
+                token.run_sync_soon(self.mimei_changed, mimei)
+            except trio.RunFinishedError:
+                pass
+        self.engine.subscribe(changed)
         try:
             async with trio.open_nursery() as n:
                 await n.start(trio.serve_listeners, self._handle, listeners)
@@ -279,6 +287,18 @@ class RespServer:
                 self.touched(conn.ns, ks.touched)
             ks.touched.clear()
         return r
+
+    def mimei_changed(self, mimei: str) -> None:
+        """A db MiMei's cur changed behind the door (restore) or went away (rm): every
+        transaction watching its keys fails; connections to a removed one must AUTH."""
+        gone = not self.engine.exists(mimei)
+        for c in self.conns.values():
+            if c.mimei == mimei and c.version is None:
+                if c.watched:
+                    c.dirty = True
+                if gone:
+                    self.unwatch(c)
+                    c.ns, c.mimei, c.writable, c.multi = None, None, False, None
 
     # ------------------------------------------------------------------ WATCH
     def touched(self, ns: bytes, keys) -> None:

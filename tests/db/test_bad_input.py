@@ -66,7 +66,7 @@ def test_huge_claimed_lengths_allocate_nothing(mm_db):
     before = rss_kib(pid)
     for claim in (b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1073741824\r\n", b"*2000000000\r\n",
                   b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$600000000\r\n", b"*1048577\r\n",
-                  b"*1\r\n$4\r\nECHO\r\n*2000000000\r\n"):
+                  b"*1\r\n$4\r\nECHO\r\n*2000000000\r\n", b"*1\r\n*2000000000\r\n"):
         out = answer(mm_db, claim + b"abc")
         assert b"-ERR Protocol error" in out, out
     # a claim within the limits that is never sent: the server waits, holding what came

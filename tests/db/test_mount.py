@@ -58,3 +58,24 @@ def test_version_files_through_the_mount(mounted):
     assert e.value.errno == errno.EROFS
     assert os.path.realpath(os.path.join(mnt, "mm", m.mid, "last")) == v0
     c.close()
+
+
+def test_restore_and_rm_through_the_daemon_reach_resp_clients(mounted):
+    m, mnt = mounted
+    c = m.client()
+    c.cmd("SET", "k", "v0")
+    m.run("backup", "t")
+    c.cmd("SET", "k", "v1")
+    assert c.cmd("WATCH", "k") == b"OK"
+    m.run("restore", "t", "0")        # done by the daemon (the store is mounted)
+    assert c.cmd("GET", "k") == b"v0"
+    assert c.cmd("MULTI") == b"OK" and c.cmd("SET", "k", "mine") == b"QUEUED"
+    assert c.cmd("EXEC") is None      # restore changed the watched key
+    other = m.run("create", "--type", "db", "--mark", "gone").strip()
+    g = m.client(m.run("db", "token", "gone").strip())
+    assert g.cmd("SET", "x", "1") == b"OK"
+    m.run("rm", "gone")
+    assert g.cmd("GET", "x")[1].startswith("NOAUTH")
+    assert other not in m.run("list")
+    c.close()
+    g.close()
