@@ -6,8 +6,9 @@ A connection names its MiMei and right with ``AUTH <token>`` or ``AUTH <id|mark>
 <token>`` (tokens: ``auth``); before that only PING, HELLO, AUTH, QUIT are answered.
 Data commands run in ``engine.kvcmd``; this module does connections, MULTI/EXEC/WATCH
 (Redis's optimistic concurrency: an EXEC whose watched keys were written, or expired,
-since WATCH replies a null array), and the durability rule: the commands of one read
-from a socket run in one LMDB transaction that commits before any reply is sent.
+since WATCH replies a null array), and the durability rule: the writes of every
+connection that runs in one turn of the event loop share one LMDB write transaction
+(group commit, :class:`Group`), and no reply of theirs is sent before it commits.
 """
 
 from __future__ import annotations
@@ -59,41 +60,56 @@ class Conn:
         self.dirty = False
 
 
+class Group:
+    """One LMDB write transaction shared by the write batches of every connection that
+    runs in one turn of the event loop (group commit, as databases batch their log
+    flushes): its members wait for :attr:`done` and send their replies only after the
+    commit, so an acknowledged write is committed; ``error`` is set if it was not."""
+
+    __slots__ = ("txn", "kss", "done", "error", "failed")
+
+    def __init__(self, store):
+        self.txn = store.env.begin(write=True)
+        self.kss: dict[bytes, Keyspace] = {}
+        self.done = trio.Event()
+        self.error: BaseException | None = None
+        self.failed = False
+
+
 class Batch:
-    """The LMDB transaction of one batch of commands: read-only until the first write,
-    then one write transaction, committed by :meth:`commit` before replies go out."""
+    """The transactions of one connection's batch of commands: a read snapshot for reads
+    while no group is open; the server's open :class:`Group` for writes (and for reads
+    once a group is open, so a reply never shows what is not yet committed)."""
+
+    __slots__ = ("s", "conn", "txn", "ks", "group")
 
     def __init__(self, server: "RespServer", conn: Conn):
         self.s, self.conn = server, conn
         self.txn = self.ks = None
-        self.write = False
+        self.group: Group | None = None
 
     def keyspace(self, write: bool) -> Keyspace:
         c = self.conn
-        if self.ks is not None and (self.write or not write):
+        if self.group is not None:
             return self.ks
-        if self.txn is not None:
-            self.txn.abort()
-        self.write = write
-        self.txn = self.s.store.env.begin(write=write)
-        self.ks = Keyspace(self.s.store, c.ns, self.txn, write, track_dirty=c.version is None)
+        s = self.s
+        if c.version is None and (write or s.group is not None):
+            if self.txn is not None:  # reads so far came from a snapshot: same data
+                self.txn.abort()
+                self.txn = None
+            g = s.group if s.group is not None else s.open_group()
+            ks = g.kss.get(c.ns)
+            if ks is None:
+                ks = g.kss[c.ns] = Keyspace(s.store, c.ns, g.txn, True)
+            self.group, self.ks = g, ks
+            return ks
+        if self.ks is None:
+            self.txn = s.store.env.begin(write=False)
+            self.ks = Keyspace(s.store, c.ns, self.txn, False, track_dirty=c.version is None)
         return self.ks
 
-    def commit(self) -> None:
-        if self.txn is None:
-            return
-        txn, self.txn = self.txn, None
-        if self.write:
-            try:
-                self.ks.finish()
-            except BaseException:
-                txn.abort()
-                raise
-            txn.commit()
-        else:
-            txn.abort()
-
-    def abort(self) -> None:
+    def end(self) -> None:
+        """Release the read snapshot (a group is committed by the server)."""
         if self.txn is not None:
             self.txn.abort()
             self.txn = None
@@ -122,6 +138,8 @@ class RespServer:
         self.conns: dict[int, Conn] = {}
         self.watch: dict[tuple[bytes, bytes], set] = {}
         self._ids = 0
+        self.group: Group | None = None
+        self._nursery = None
         self.started = time.time()
         self.calls = 0
 
@@ -152,6 +170,7 @@ class RespServer:
         self.engine.subscribe(changed)
         try:
             async with trio.open_nursery() as n:
+                self._nursery = n
                 await n.start(trio.serve_listeners, self._handle, listeners)
                 task_status.started(self)
         finally:
@@ -178,7 +197,12 @@ class RespServer:
                         await self._prepare(conn, cmds)
                         break
                 out: list = []
-                close = self.execute(conn, cmds, out)
+                close, group = self.execute(conn, cmds, out)
+                if group is not None:
+                    await group.done.wait()
+                    if group.error is not None:
+                        msg = f"-ERR write not committed: {type(group.error).__name__}: {group.error}\r\n"
+                        out = [msg.encode()] * len(cmds)
                 if err is not None:
                     out.append(b"-" + str(err).encode() + b"\r\n")
                     close = True
@@ -211,8 +235,9 @@ class RespServer:
                         await trio.to_thread.run_sync(kvsnap.version_ns, self.engine, mimei, n)
 
     # ------------------------------------------------------------------ commands
-    def execute(self, conn: Conn, cmds, out: list) -> bool:
-        """Run a batch of commands, appending replies to ``out``; True: close after."""
+    def execute(self, conn: Conn, cmds, out: list) -> tuple[bool, Group | None]:
+        """Run a batch of commands, appending replies to ``out``. Returns (close after,
+        the group whose commit must come before the replies are sent, or None)."""
         batch = Batch(self, conn)
         start = len(out)
         close = False
@@ -227,15 +252,43 @@ class RespServer:
                     close = True
                     break
                 encode(r, out, conn.proto)
-            batch.commit()
-        except Exception as e:  # a bug or a full disk: nothing of this batch happened
-            batch.abort()
+        except Exception as e:  # a bug or a full disk: the group is not applied
             log.exception("resp command failed")
+            if batch.group is not None:
+                batch.group.failed = True
+                batch.group.error = e
             del out[start:]
             msg = f"ERR internal error, batch not applied: {type(e).__name__}: {e}"
             for _ in cmds:
                 encode(ReplyError(msg), out, conn.proto)
-        return close
+        finally:
+            batch.end()
+        return close, batch.group
+
+    def open_group(self) -> Group:
+        """Open the shared write transaction of this loop turn; it commits once every
+        connection that was ready has run (:meth:`_commit_group`)."""
+        g = self.group = Group(self.store)
+        self._nursery.start_soon(self._commit_group, g)
+        return g
+
+    async def _commit_group(self, g: Group) -> None:
+        try:
+            await trio.lowlevel.cancel_shielded_checkpoint()  # the others that are ready run
+        finally:
+            self.group = None
+            try:
+                if g.failed:
+                    g.txn.abort()
+                else:
+                    for ks in g.kss.values():
+                        ks.finish()
+                    g.txn.commit()
+            except BaseException as e:
+                g.txn.abort()
+                g.error = e
+                log.exception("committing a group of RESP writes failed")
+            g.done.set()
 
     def one(self, conn: Conn, args: list[bytes], batch: Batch):
         """One command's reply (ReplyError raised for an error)."""
