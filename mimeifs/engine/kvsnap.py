@@ -44,9 +44,10 @@ import zlib
 import blake3
 
 from . import blocks, objects, packs
-from .kv import HASH, LIST, SET, STRING, ZSET, Keyspace, unpack_count, unpack_list, unsortable
-from .kvcmd import hash_set
-from .kvcoll import set_add, zset_put
+from .kv import HASH, LIST, SET, STRING, ZSET, Keyspace, unsortable
+from .kvhash import hash_set
+from .kvcoll import set_add
+from .kvzset import zset_put
 
 FILES = ((STRING, b"strings.jsonl", "string"), (HASH, b"hashes.jsonl", "hash"),
          (LIST, b"lists.jsonl", "list"), (SET, b"sets.jsonl", "set"),

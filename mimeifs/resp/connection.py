@@ -153,8 +153,6 @@ def c_hello(server, conn, args, batch):
             i += 2
         else:
             raise ReplyError(f"ERR Syntax error in HELLO option '{args[i].decode(errors='replace')}'")
-    if conn.ns is None and len(args) > 1 and False:
-        raise ReplyError("NOAUTH HELLO must be called with the client already authenticated")
     if name is not None:
         _setname(conn, name)
     conn.proto = proto
@@ -240,7 +238,6 @@ def c_config(server, conn, args, batch):
 
 
 def _cmd_info(name: str):
-    from .server import RespServer  # noqa: F401  (names only)
     if name in COMMANDS:
         _fn, arity, write = COMMANDS[name]
         flags = [Status("write")] if write else [Status("readonly")]

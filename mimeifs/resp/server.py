@@ -13,7 +13,6 @@ connection that runs in one turn of the event loop share one LMDB write transact
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import resource
@@ -23,7 +22,7 @@ import time
 import trio
 
 from ..engine import kvsnap
-from ..engine.kv import (NIL_ARRAY, OK, Keyspace, Map, ReplyError, Status)
+from ..engine.kv import NIL_ARRAY, OK, Keyspace, ReplyError
 from ..engine.kvcmd import COMMANDS, arity_error
 from . import connection as cc
 from .auth import Tokens
@@ -440,5 +439,3 @@ class _suppress_all:
             return True
         return False
 
-
-_ = (errno, Map, Status)
