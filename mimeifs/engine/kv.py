@@ -279,11 +279,11 @@ class Keyspace:
                 while ok and c.key()[:n] == p:
                     yield bytes(c.key()[n:]), bytes(c.value())
                     ok = c.prev()
-            else:
-                ok = c.set_range(p + start)
-                while ok and c.key()[:n] == p:
-                    yield bytes(c.key()[n:]), bytes(c.value())
-                    ok = c.next()
+            elif c.set_range(p + start):
+                for k, v in c.iternext():  # C-level steps; keys and values are bytes here
+                    if k[:n] != p:
+                        return
+                    yield k[n:], v
 
     # -- counts, keys -----------------------------------------------------------------
     def count(self) -> int:

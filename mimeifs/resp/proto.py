@@ -279,7 +279,10 @@ def encode(r, out: list, proto: int = 2) -> None:
     elif t is list:
         out.append(b"*%d\r\n" % len(r))
         for x in r:
-            encode(x, out, proto)
+            if type(x) is bytes:
+                out.append(b"$%d\r\n%b\r\n" % (len(x), x))
+            else:
+                encode(x, out, proto)
     elif t is ReplyError or isinstance(r, ReplyError):
         msg = str(r).replace("\r", " ").replace("\n", " ")
         out.append(b"-" + msg.encode(errors="replace") + b"\r\n")
