@@ -19,7 +19,7 @@ from .kv import (LIST, OK, STRING, TYPES, Keyspace, ReplyError, Status, glob_re,
                  unpack_count, unpack_list)
 
 COMMANDS: dict[str, tuple] = {}
-MAX_STRING = 512 << 20
+MAX_STRING = 64 << 20  # the door's proto-max-bulk-len: no command builds a bigger value
 
 
 def command(name: str, arity: int, write: bool = False):

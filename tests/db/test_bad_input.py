@@ -122,3 +122,19 @@ def test_ten_thousand_idle_connections(mm_db):
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     alive(mm_db)
     assert os.path.exists(f"/proc/{mm_db.proc.pid}")
+
+
+def test_values_beyond_the_bulk_limit_are_refused(mm_db):
+    c = mm_db.client()
+    before = rss_kib(mm_db.proc.pid)
+    r = c.cmd("SETRANGE", "big", str(100 << 20), "x")  # Redis would build 100 MB here
+    assert r[0] == "ERR" and "maximum allowed size" in r[1]
+    c.cmd("SET", "k", "x" * (1 << 20))
+    for _ in range(3):
+        c.cmd("APPEND", "k", "y" * (16 << 20))
+    assert "maximum allowed size" in c.cmd("APPEND", "k", "y" * (16 << 20))[1]
+    assert c.cmd("STRLEN", "k") == (1 << 20) + 3 * (16 << 20)
+    assert c.cmd("DEL", "k") == 1
+    assert rss_kib(mm_db.proc.pid) - before < 400_000
+    c.close()
+    alive(mm_db)
