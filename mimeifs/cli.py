@@ -338,6 +338,8 @@ def import_(ctx, src, spec, delete, do_backup, memo):
         from .engine.importer import Importer, scan_size
         from .engine.mimei import MiMeiError
         mid = _resolve(ctx, spec)
+        if _engine(ctx).info(mid).get("mimei_type") == "db":
+            raise _fail(f"{mid} is a db MiMei: load keys with `mimeifs db import {spec} FILE.jsonl`")
         bar = _progress(scan_size(src)[1], "import") if sys.stderr.isatty() else None
         t0 = time.monotonic()
         try:

@@ -10,7 +10,7 @@ import pytest
 import redis
 import redis.asyncio
 
-from .conftest import Raw
+from .conftest import CLI, Raw
 
 
 def rcli(m, *args, **kw):
@@ -125,3 +125,10 @@ def test_tokens_rights_and_versions(mm_db):
     assert w.cmd("AUTH", mm_db.token[:-1] + ("0" if mm_db.token[-1] != "0" else "1"))[1].startswith("WRONGPASS")
     for x in (c, ro, v, w):
         x.close()
+
+
+def test_file_import_into_a_db_is_refused(mm_db, tmp_path):
+    (tmp_path / "f.txt").write_text("x")
+    p = subprocess.run([*CLI, "import", str(tmp_path), "t"], env=mm_db.env, capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode != 0 and "db import" in p.stderr
