@@ -222,7 +222,8 @@ def c_client(server, conn, args, batch):
 
 @conn_command("info")
 def c_info(server, conn, args, batch):
-    return server.info_text()
+    keys = batch.keyspace(False).count()
+    return server.info_text() + f"db0:keys={keys},expires=0,avg_ttl=0\r\n".encode()
 
 
 @conn_command("config")
