@@ -26,13 +26,16 @@ class _Main(click.Group):
     """The top-level group. The ``ledger`` and ``credit`` groups are imported on first
     use: no engine command needs them, and their imports cost ~40 ms per command."""
 
-    _LAZY = ("credit", "ledger")
+    _LAZY = ("credit", "db", "ledger")
 
     def list_commands(self, ctx):
         return sorted(set(super().list_commands(ctx)) | set(self._LAZY))
 
     def get_command(self, ctx, name):
-        if name in self._LAZY and name not in self.commands:
+        if name == "db" and name not in self.commands:
+            from .resp.cli import db
+            self.add_command(db)
+        elif name in self._LAZY and name not in self.commands:
             from .ledger.cli import credit, ledger
             self.add_command(ledger)
             self.add_command(credit)
@@ -63,7 +66,7 @@ def init(ctx, as_json):
 
 
 @main.command()
-@click.option("--type", "mtype", type=click.Choice(["fs", "file"]), required=True)
+@click.option("--type", "mtype", type=click.Choice(["fs", "file", "db"]), required=True)
 @click.option("--mark", required=True, help="name of the MiMei; 'auto' makes a fresh one")
 @click.option("--app-type", default="", help="associated application type")
 @click.option("--ext", default="", help="extension (for file MiMei)")
@@ -123,6 +126,16 @@ def info(ctx, spec, as_json, signed):
     _out(as_json, doc, "\n".join(f"{k:10} {'-' if v is None or v == '' else v}" for k, v in doc.items()))
 
 
+def _resp_option(ctx, param, value):
+    """Check ``--resp HOST:PORT`` before a daemon is forked."""
+    if value is None:
+        return None
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise click.BadParameter(f"want HOST:PORT, not {value!r}")
+    return value
+
+
 @main.command()
 @click.argument("mountpoint", type=click.Path(file_okay=False))
 @click.option("--foreground", "-f", is_flag=True, help="stay in the foreground, log to stderr")
@@ -132,11 +145,13 @@ def info(ctx, spec, as_json, signed):
               help="poll /dev/fuse this long after each request before sleeping (0: never)")
 @click.option("--dir-readahead/--no-dir-readahead", default=True, show_default=True,
               help="on opening a version file, push its small siblings into the page cache")
+@click.option("--resp", "resp", metavar="HOST:PORT", default=None, callback=_resp_option,
+              help="serve db MiMei over RESP (Redis protocol) on this TCP address too")
 @click.option("--http", "http", metavar="HOST:PORT", callback=lambda c, p, v: _http_opt(v),
               help="serve HTTP and WebDAV there (a bare PORT: 127.0.0.1 only)")
 @json_opt
 @click.pass_context
-def mount(ctx, mountpoint, foreground, allow_other, debug, busy_poll_us, dir_readahead, http, as_json):
+def mount(ctx, mountpoint, foreground, allow_other, debug, busy_poll_us, dir_readahead, resp, http, as_json):
     """Mount the store at MOUNTPOINT (a daemon unless --foreground)."""
     from .fuse.ctl import mount_info
     from .fuse.mount import MountError, mount as do_mount
@@ -144,7 +159,8 @@ def mount(ctx, mountpoint, foreground, allow_other, debug, busy_poll_us, dir_rea
         raise _fail(f"mountpoint {mountpoint} does not exist (create it first: mkdir -p {mountpoint})")
     try:
         code = do_mount(ctx.obj["store_path"], mountpoint, foreground, allow_other, debug,
-                        busy_poll_us=busy_poll_us, dir_readahead=dir_readahead, http=http)
+                        busy_poll_us=busy_poll_us, dir_readahead=dir_readahead,
+                        extra={"resp": resp}, http=http)
     except MountError as e:
         raise _fail(str(e)) from None
     if not foreground:
@@ -158,11 +174,13 @@ def mount(ctx, mountpoint, foreground, allow_other, debug, busy_poll_us, dir_rea
 @main.command()
 @click.option("--foreground", "-f", is_flag=True, help="stay in the foreground, log to stderr")
 @click.option("--debug", is_flag=True, help="verbose logging")
+@click.option("--resp", "resp", metavar="HOST:PORT", default=None, callback=_resp_option,
+              help="serve db MiMei over RESP (Redis protocol) on this TCP address too")
 @click.option("--http", "http", metavar="HOST:PORT", callback=lambda c, p, v: _http_opt(v),
               help="serve HTTP and WebDAV there (a bare PORT: 127.0.0.1 only)")
 @json_opt
 @click.pass_context
-def serve(ctx, foreground, debug, http, as_json):
+def serve(ctx, foreground, debug, resp, http, as_json):
     """Run a headless node on the store (no FUSE mount): the services only.
 
     Stop it with `mimeifs stop` (or SIGTERM)."""
@@ -170,7 +188,8 @@ def serve(ctx, foreground, debug, http, as_json):
     from .fuse.mount import MountError, check_not_running
     try:
         check_not_running(ctx.obj["store_path"])
-        code = start(DaemonConfig(ctx.obj["store_path"], None, debug=debug, http=http), foreground)
+        code = start(DaemonConfig(ctx.obj["store_path"], None, debug=debug, http=http,
+                                  extra={"resp": resp}), foreground)
     except (MountError, StartError) as e:
         raise _fail(str(e)) from None
     if not foreground:
@@ -285,6 +304,8 @@ def import_(ctx, src, spec, delete, do_backup, memo, allow_empty, as_json):
         from .engine.importer import Importer, scan_size
         from .engine.mimei import MiMeiError
         mid = _resolve(ctx, spec)
+        if _engine(ctx).info(mid).get("mimei_type") == "db":
+            raise _fail(f"{mid} is a db MiMei: load keys with `mimeifs db import {spec} FILE.jsonl`")
         bar = _progress(scan_size(src)[1], "import") if sys.stderr.isatty() else None
         t0 = time.monotonic()
         try:

@@ -11,6 +11,9 @@ services are built here by constructor calls and nothing is set on them afterwar
   for the headless ``mimeifs serve``);
 - :class:`Syncer`, committed data to disk every :data:`SYNC_EVERY` seconds;
 - :class:`Signals`, SIGTERM / SIGINT / SIGHUP end the daemon cleanly;
+- :class:`~mimeifs.resp.server.RespServer`, the RESP door onto db MiMei (always on the
+  store's Unix socket ``resp.sock``, mode 0600; on TCP with ``extra["resp"]`` =
+  ``"HOST:PORT"``, the ``--resp`` option of ``mount`` and ``serve``);
 - :class:`~mimeifs.gateway.service.GatewayService`, the HTTP and WebDAV door
   (``--http HOST:PORT``; absent unless asked for);
 - further doors and the network node are one more constructor call in
@@ -243,6 +246,9 @@ def build_services(d: Daemon) -> list:
         services.append(FuseService(d.engine, d.view, cfg.mountpoint, allow_other=cfg.allow_other,
                                     debug=cfg.debug, busy_poll_us=cfg.busy_poll_us,
                                     dir_readahead=cfg.dir_readahead, notify=d.notify))
+    from .resp.server import RespServer  # db MiMei over RESP: the store's Unix socket, TCP if asked
+    services.append(RespServer(d.engine, cfg.extra.get("resp"),
+                               None if cfg.extra.get("resp_unix", True) else ""))
     if cfg.http:
         from .gateway.service import GatewayService
         services.append(GatewayService(d.engine, d.view, cfg.http))

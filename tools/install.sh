@@ -24,7 +24,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # --- system packages -----------------------------------------------------------------
-PKGS=(fuse3 libfuse3-dev pkg-config gcc git rsync sqlite3 tar attr b3sum ca-certificates)
+PKGS=(fuse3 libfuse3-dev pkg-config gcc git rsync sqlite3 tar attr b3sum ca-certificates
+      redis-server redis-tools)  # the db tests compare with a real redis-server and redis-cli
 # the gateway's tests and benchmark: curl, a WebDAV client, a headless browser and its
 # driver, and the competitors of tools/bench_http.py (wrk, nginx)
 PKGS+=(curl rclone chromium chromium-driver wrk nginx-light)
@@ -57,6 +58,8 @@ else
     log "system packages already installed"
 fi
 
+# Debian's redis-server package may start a system redis on 6379; the tests start their own
+# servers on free ports and never use it.
 # nginx is only a benchmark competitor (tools/bench_http.py starts its own on loopback):
 # keep Debian's service from listening on port 80 of every address.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled nginx >/dev/null 2>&1; then

@@ -54,6 +54,11 @@ ENGINE_DBS = {
     "refs_in": "target ID (20) + source ID (20) -> b'' (reverse of refs)",
     "vrefs": "target ID (20) + source ID (20) + n (4) -> b'' (references kept by versions)",
     "mac": "content hash (32) -> b'' (Mac files put on this node)",
+    "kv": "db MiMei cur: namespace (20) + key -> type, expiry, payload (kv.py)",
+    "kvel": "db MiMei cur: namespace (20) + key length (4) + key + tag + sub -> element (kv.py)",
+    "kvmeta": "db namespace (20) -> key count; namespace + b'!' -> a version cache is built",
+    "kvdirty": "db namespace (20) + key -> b'' (written since the last backup, kvsnap.py)",
+    "kvb": "db namespace (20) + bucket's first key -> its chunks per data type (kvsnap.py)",
 }
 
 

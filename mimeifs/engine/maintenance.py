@@ -172,7 +172,7 @@ def check(engine, progress: Callable[[int], None] | None = None) -> dict:
             if k[:20] in cache_only:
                 return  # a remote MiMei's fetched pieces: a cache, partial by design
             root = bytes.fromhex(rec["root"])
-            if rec["kind"] == "fs":
+            if rec["kind"] in ("fs", "db"):  # a db version is a tree of JSON Lines files
                 tree_ok(root, where)
             else:
                 manifest_ok(root, where)
@@ -225,7 +225,7 @@ def gc(engine) -> dict:
                 continue
             rec = json.loads(v)
             root = bytes.fromhex(rec["root"])
-            if rec["kind"] == "fs":
+            if rec["kind"] in ("fs", "db"):  # a db version is a tree of JSON Lines files
                 mark_tree(root)
             else:
                 live_manifests.add(root)

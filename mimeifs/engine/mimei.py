@@ -31,7 +31,7 @@ import time
 
 from .. import ids
 from . import backup as bk
-from . import blocks, objects, remote
+from . import blocks, kvsnap, objects, remote
 from .chunkstore import ChunkStore
 from .db import Store, scan_prefix
 from .fetch import Fetcher
@@ -40,6 +40,7 @@ from .render import info_doc, info_json, iso_time, rm_refused  # noqa: F401
 from .errors import MiMeiError  # noqa: F401  (the older name of EngineError)
 from .worktree import ROOT_PARENT, Worktree
 
+MIMEI_TYPES = ("fs", "file", "db")
 _N = struct.Struct(">I")
 log = logging.getLogger("mimeifs.engine")
 
@@ -87,7 +88,8 @@ class Engine:
     # ------------------------------------------------------------------ change events
     def subscribe(self, fn) -> None:
         """Call ``fn(mimei_id)`` after records of a MiMei change from outside this
-        process's own requests (a remote MiMei adopted or given newer versions). It runs
+        process's own requests (a remote MiMei adopted or given newer versions; a db
+        MiMei restored or removed, whose keys changed under its RESP clients). It runs
         on the thread that made the change and must not block; exceptions are logged."""
         self._listeners.append(fn)
 
@@ -191,8 +193,8 @@ class Engine:
         too. Raises :class:`MiMeiError` (EINVAL for a bad type or mark, see
         :func:`mark_problem`; EEXIST).
         """
-        if mimei_type not in ("fs", "file"):
-            raise MiMeiError(errno.EINVAL, f"MiMei type must be fs or file (db is not built yet), not {mimei_type!r}")
+        if mimei_type not in MIMEI_TYPES:
+            raise MiMeiError(errno.EINVAL, f"MiMei type must be fs, file or db, not {mimei_type!r}")
         if mark == "auto":
             mark = "auto-" + secrets.token_hex(8)
         check_mark(mark)
@@ -218,6 +220,8 @@ class Engine:
             txn.put(m20, ids.canonical(info), db=self.d_mimei)
             if mimei_type == "fs":
                 m = stat.S_IFDIR | (0o755 if mode is None else mode)
+            elif mimei_type == "db":  # cur of a db lives in kv (kvsnap); its inode stays empty
+                m = stat.S_IFDIR | 0o555
             else:
                 m = stat.S_IFREG | (0o644 if mode is None else mode)
             root = self.wt.new_inode(txn, m20, m, uid, gid)
@@ -285,6 +289,7 @@ class Engine:
                         txn.delete(bytes.fromhex(t) + m20 + _N.pack(n), db=self.d_vrefs)
                     txn.delete(m20 + _N.pack(n), db=self.d_versions)
             self._set_refs(txn, m20, [])
+            kvsnap.clear_ns(txn, self.store, m20)
             txn.delete(m20, db=self.d_state)
             txn.delete(m20, db=self.d_mimei)
             mark = info["mark"].encode()
@@ -296,6 +301,8 @@ class Engine:
                         txn.put(mark, bytes(k), db=self.d_names)
                         break
         self._own.pop(m20, None)
+        if info["mimei_type"] == "db":
+            self._changed(mimei)  # the RESP door drops connections to it
 
     # ------------------------------------------------------------------ references
     def _refs_out(self, txn, m20: bytes) -> list[str]:
@@ -346,7 +353,11 @@ class Engine:
             raise MiMeiError(errno.EACCES, f"{mimei} was not authored by this node")
         with self.store.write() as txn:
             st = self._state(txn, m20)
-            kind, root, size, stats = bk.freeze(txn, self.wt, st["cur"], progress)
+            if self._info(txn, m20)["mimei_type"] == "db":
+                kind = "db"
+                root, size, stats = kvsnap.freeze(txn, self.store, m20, self.chunks.cache)
+            else:
+                kind, root, size, stats = bk.freeze(txn, self.wt, st["cur"], progress)
             refs = sorted(self._refs_out(txn, m20))
             if not allow_empty and st["last"] is not None:
                 prev = json.loads(txn.get(_vkey(mimei, m20, st["last"]), db=self.d_versions))
@@ -416,9 +427,15 @@ class Engine:
         rec = self.version(mimei, n)
         with self.store.write() as txn:
             st = self._state(txn, m20)
-            removed = bk.checkout(txn, self.wt, st["cur"], rec["kind"],
-                                  bytes.fromhex(rec["root"]), rec["size"], self.is_open)
+            if rec["kind"] == "db":
+                kvsnap.checkout(txn, self.store, m20, bytes.fromhex(rec["root"]), self.chunks.cache)
+                removed = []
+            else:
+                removed = bk.checkout(txn, self.wt, st["cur"], rec["kind"],
+                                      bytes.fromhex(rec["root"]), rec["size"], self.is_open)
             self._set_refs(txn, m20, rec.get("refs", []))
+        if rec["kind"] == "db":
+            self._changed(mimei)  # the RESP door fails the EXECs that watched its keys
         return removed
 
     def _set_refs(self, txn, m20: bytes, targets: list[str]) -> None:
@@ -449,6 +466,8 @@ class Engine:
         src = self.version(mimei, n)
         if src["kind"] == "fs":
             self.ensure_trees(bytes.fromhex(src["root"]))
+        elif src["kind"] == "db":
+            kvsnap.ensure_version(self, bytes.fromhex(src["root"]))
         if mark == "auto":  # drawn once: the check below and create() must see one mark
             mark = "auto-" + secrets.token_hex(8)
         check_mark(mark)
@@ -458,7 +477,10 @@ class Engine:
         n20 = bytes.fromhex(new_id)
         with self.store.write() as txn:
             st = self._state(txn, n20)
-            bk.checkout(txn, self.wt, st["cur"], src["kind"], bytes.fromhex(src["root"]), src["size"])
+            if src["kind"] == "db":
+                kvsnap.checkout(txn, self.store, n20, bytes.fromhex(src["root"]), self.chunks.cache)
+            else:
+                bk.checkout(txn, self.wt, st["cur"], src["kind"], bytes.fromhex(src["root"]), src["size"])
             self._set_refs(txn, n20, src.get("refs", []))
             rec = self.store.key.sign_record({
                 "type": "version", "mimei": new_id, "n": 0, "kind": src["kind"], "root": src["root"],
@@ -512,7 +534,7 @@ class Engine:
         """The root of version n as an entry (a directory for fs, a file for file)."""
         rec = self.version(mimei, n)
         h = bytes.fromhex(rec["root"])
-        if rec["kind"] == "fs":
+        if rec["kind"] in ("fs", "db"):
             mode = stat.S_IFDIR | 0o555
         else:
             mode = stat.S_IFREG | 0o444

@@ -113,7 +113,12 @@ def helper_main() -> None:  # pragma: no cover - runs in the child process
         if slot[1] != base_pulse or len(cache) > 1 << 18:
             cache.clear()
         slot[1] = None
-        with env.begin() as txn:
+        try:
+            txn = env.begin()
+        except lmdb.MapResizedError:  # the store grew its map (engine/space.py): adopt it
+            env.set_mapsize(0)
+            txn = env.begin()
+        with txn:
             try:
                 roots = env.open_db((name + ".roots").encode(), txn=txn, create=False)
                 ok = txn.get(_U32.pack(base_pulse), db=roots) == base
