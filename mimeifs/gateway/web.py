@@ -38,10 +38,12 @@ from dataclasses import dataclass, field
 from email.utils import formatdate
 from urllib.parse import quote
 
+import blake3
 import trio
 
 from ..engine.errors import ChunkMissing, EngineError
 from . import listing
+from .dbkeys import DbKeys
 from .auth import Guard, presented
 from .places import Place, locate
 
@@ -193,6 +195,7 @@ class WebApp:
         self.fetching = fetching
         self._big = 0  # streams holding a BLOCK now (event loop thread only)
         self.hot = HotFiles()
+        self.db = DbKeys(view, guard)
 
     async def __call__(self, scope, receive, send):
         method = scope["method"]
@@ -204,8 +207,11 @@ class WebApp:
         else:
             hdrs = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
             try:
-                r = await self._call(self.prepare, method, scope["path"],
-                                     scope.get("query_string", b"").decode("latin-1"), hdrs)
+                if scope["path"].startswith("/db/"):
+                    r = await self._db(scope, hdrs)
+                else:
+                    r = await self._call(self.prepare, method, scope["path"],
+                                         scope.get("query_string", b"").decode("latin-1"), hdrs)
             except OSError as e:
                 st = status_of(e)
                 if st >= 500:
@@ -215,6 +221,26 @@ class WebApp:
                 log.exception("%s %r failed", method, scope["path"])
                 r = _plain(500, "500: internal error")
         await self._send(send, r, method == "HEAD", receive)
+
+    async def _db(self, scope, hdrs: dict) -> Reply:
+        """``/db/<id>/<ver>/<key>`` (:mod:`.dbkeys`), in a worker thread: opening a
+        version may build its keyspace and fetch."""
+        given = presented(hdrs.get("authorization"), scope.get("query_string", b"").decode("latin-1"))
+        status, facts, body = await trio.to_thread.run_sync(self.db.read, scope["path"], given)
+        r = Reply(status, body=body)
+        r.add("content-type", "application/json")
+        r.add("x-mimei-id", facts["mimei"])
+        r.add("x-mimei-version", facts["version"])
+        r.add("cache-control", IMMUTABLE if facts["immutable"] and status == 200 else "no-cache")
+        if status == 401:
+            r.add("www-authenticate", 'Basic realm="mimeifs"')
+        elif status == 200:
+            etag = f'"{blake3.blake3(body).hexdigest()}"'
+            r.add("etag", etag)
+            inm = hdrs.get("if-none-match")
+            if inm is not None and _etag_matches(inm, etag):
+                r.status, r.body = 304, b""
+        return r
 
     async def _call(self, fn, *args):
         try:
