@@ -1,7 +1,7 @@
 """An HTML5 application installed with `mimeifs app install`, opened by a real headless
-Chromium (selenium + chromedriver): the page fetches a JSON file from another MiMei
-through the same gateway and renders it; the test reads the DOM and keeps a
-screenshot."""
+Chromium (selenium + chromedriver): the page fetches a JSON file from another MiMei and
+a key of a db MiMei (`/db/...` with a db token from its own URL) through the same
+gateway and renders them; the test reads the DOM and keeps a screenshot."""
 
 from __future__ import annotations
 
@@ -20,10 +20,14 @@ pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs chromiu
 APP_HTML = """<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>cities</title>
 <script src="app.js" defer></script></head>
-<body><h1 id="title">loading</h1><ul id="items"></ul></body></html>
+<body><h1 id="title">loading</h1><ul id="items"></ul><p id="motto">loading</p></body></html>
 """
 
 APP_JS = """
+const token = new URLSearchParams(location.search).get('token');
+fetch('/db/citydb/last/motto?token=' + encodeURIComponent(token))
+  .then(r => r.ok ? r.json() : {value: 'db HTTP ' + r.status})
+  .then(rec => { document.getElementById('motto').textContent = rec.value; });
 fetch('/name/citydata/last/cities.json')
   .then(r => { if (!r.ok) throw new Error('HTTP ' + r.status); return r.json(); })
   .then(doc => {
@@ -68,6 +72,13 @@ def test_app_install_and_render_in_chromium(node, tmp_path):
     did = node.create("citydata")
     node.run("import", data_dir, did, "--backup")
 
+    db = node.run("create", "--type", "db", "--mark", "citydb").stdout.strip()
+    (tmp_path / "db.jsonl").write_text(json.dumps({"type": "string", "key": "motto",
+                                                   "value": "Cities, from a db MiMei"}) + "\n")
+    node.run("db", "import", db, tmp_path / "db.jsonl")
+    node.run("backup", db)
+    db_token = node.run("db", "token", f"{db}@0", "--read-only").stdout.strip()
+
     app_dir = tmp_path / "app"
     app_dir.mkdir()
     (app_dir / "index.html").write_text(APP_HTML)
@@ -96,7 +107,7 @@ def test_app_install_and_render_in_chromium(node, tmp_path):
     driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
     try:
         driver.set_page_load_timeout(60)
-        driver.get(url)
+        driver.get(f"{url}?token={db_token}")
         WebDriverWait(driver, 60).until(
             lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-done") == "yes"
             or d.find_element(By.ID, "title").text.startswith("error"))
@@ -104,6 +115,8 @@ def test_app_install_and_render_in_chromium(node, tmp_path):
         items = driver.find_elements(By.CSS_SELECTOR, "#items li.city")
         assert [li.text for li in items] == [f"{c['name']}: {c['people']}" for c in DATA["cities"]]
         assert [int(li.get_attribute("data-people")) for li in items] == [c["people"] for c in DATA["cities"]]
+        WebDriverWait(driver, 30).until(lambda d: d.find_element(By.ID, "motto").text != "loading")
+        assert driver.find_element(By.ID, "motto").text == "Cities, from a db MiMei"
         shot = tmp_path / "app.png"
         assert driver.save_screenshot(str(shot))
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 2000
