@@ -11,6 +11,9 @@ services are built here by constructor calls and nothing is set on them afterwar
   for the headless ``mimeifs serve``);
 - :class:`Syncer`, committed data to disk every :data:`SYNC_EVERY` seconds;
 - :class:`Signals`, SIGTERM / SIGINT / SIGHUP end the daemon cleanly;
+- :class:`~mimeifs.shares.service.SharesService`, the ``.mmfs`` shares: the folder
+  followed, sources kept in step, scheduled backups (its registry is the view's
+  ``shared/``; ``extra={"shares": False}`` leaves it out);
 - further doors and the network node are one more constructor call in
   :func:`build_services` each (a network node is also the engine's fetcher: it is made
   first, handed to :class:`Engine` as ``fetcher``, and its service gets the engine).
@@ -228,6 +231,11 @@ def build_services(d: Daemon) -> list:
     """The services of daemon ``d``, in start order (each a constructor call)."""
     cfg = d.cfg
     services: list = [Signals(d.stop), Syncer(d.store)]
+    if cfg.extra.get("shares", True):
+        from .shares.service import SharesService
+        shares = SharesService(d.engine, d.view, d.store.path, cfg.mountpoint)
+        d.view.shares = shares.registry  # what the view's shared/ shows
+        services.append(shares)
     if cfg.mountpoint is not None:
         from .fuse.mount import FuseService
         services.append(FuseService(d.engine, d.view, cfg.mountpoint, allow_other=cfg.allow_other,
