@@ -69,7 +69,8 @@ def _describe(d: dict, daemon: bool) -> list[str]:
     if not d.get("ok"):
         return [f"{d['name']}: REFUSED: {d.get('error')}", f"  file: {d['file']}"]
     ver = d["version"]
-    mode = "read-only" if d.get("readonly") else "writable"
+    mode = ("read-only: it follows its source" if d.get("source") else "read-only") \
+        if d.get("readonly") else "writable"
     lines = [f"{d['name']}: {d['mimei']} at {ver} ({mode}"
              f"{'' if d.get('own') else ', another author'})"]
     if d.get("available"):

@@ -98,6 +98,22 @@ def current(v, node: Node):
     return sh
 
 
+def fresh(v, node: Node) -> Node:
+    """``node`` if its share is unchanged. A share's root whose share now shows
+    another MiMei or version stands for the new root under its old number (a door
+    may still hold the name for a moment before it hears of the change); any other
+    node of a changed or removed share is gone (NotFound)."""
+    key = node.share
+    sh = _table(v).get(_name_of(key))
+    if sh is not None and sh.key == key:
+        return node
+    if sh is None or node.parent != SHARED:
+        raise NotFound(f"share {_name_of(key)!r} changed or was removed")
+    new = share_root(v, sh)
+    new.ino = node.ino
+    return new
+
+
 def wrap(key: str, inner: Node, parent: int, ino: int | None = None) -> Node:
     """The share node showing ``inner`` (found in share directory ``parent``)."""
     return Node(SHARE, inner.mimei, inner.n, inner.entry, b"", parent,
@@ -109,6 +125,7 @@ def unwrap(v, node: Node, writing: bool) -> Node:
     ``writing`` to a read-only share or to a version, NotFound for a stale node."""
     if node.kind != SHARE:
         return node
+    node = fresh(v, node)
     sh = current(v, node)
     if writing and (sh.readonly or node.inner.kind != "cur"):
         raise EngineError(errno.EROFS)
@@ -216,15 +233,15 @@ class ShareKind:
     """``shared/<name>[/...]``: what the wrapped ``mm/`` node answers, renumbered."""
 
     def attr(self, v, node):
-        current(v, node)
+        node = fresh(v, node)
         return _share_attr(v.attr(node.inner), node)
 
     def lookup(self, v, node, name):
-        current(v, node)
+        node = fresh(v, node)
         return wrap(node.share, v.lookup(node.inner, name), node.ino)
 
     def children(self, v, node):
-        current(v, node)
+        node = fresh(v, node)
         ino_of, key, d = share_inos(node.share), node.share, node.ino
         out = []
         for name, c, a in v.children(node.inner):
@@ -233,13 +250,13 @@ class ShareKind:
         return out
 
     def read(self, v, node, offset, size):
-        return v.read(node.inner, offset, size)
+        return v.read(fresh(v, node).inner, offset, size)
 
     def readlink(self, v, node):
-        return v.readlink(node.inner)
+        return v.readlink(fresh(v, node).inner)
 
     def xattrs(self, v, node):
-        return v.xattrs(node.inner)
+        return v.xattrs(fresh(v, node).inner)
 
 
 class MmfsFile:
@@ -317,6 +334,7 @@ def make(v, parent: Node, name: bytes, mode: int, uid: int, gid: int, rdev: int,
         return _file_node(s)
     if parent.kind != SHARE:
         raise EngineError(errno.ENOTDIR)
+    parent = fresh(v, parent)
     c = v.make(unwrap(v, parent, True), name, mode, uid, gid, rdev, target)
     return wrap(parent.share, c, parent.ino)
 
@@ -324,6 +342,7 @@ def make(v, parent: Node, name: bytes, mode: int, uid: int, gid: int, rdev: int,
 def link(v, node: Node, parent: Node, name: bytes) -> Node:
     if is_shared_dir(parent) or node.kind == MMFS or parent.kind != SHARE:
         raise EngineError(errno.EPERM)
+    parent = fresh(v, parent)
     c = v.link(unwrap(v, node, True), unwrap(v, parent, True), name)
     return wrap(parent.share, c, parent.ino)
 
