@@ -18,7 +18,8 @@ import stat
 
 from .. import ids
 from ..engine.errors import EngineError, NotFound
-from . import shares
+from . import share_writes as shares
+from .shares import routed
 from .nodes import Node, vino
 
 _MIMEI_XATTRS = (b"user.mimei.id", b"user.mimei.version", b"user.mimei.hash")
@@ -51,7 +52,7 @@ class CurWrites:
              rdev: int = 0, target: bytes = b"") -> Node:
         """Create ``name`` in ``parent`` (``mode`` carries the type bits). A symlink in
         ``.refs`` adds a reference. Raises EEXIST, EROFS, EPERM, EACCES, EINVAL."""
-        if shares.routed(parent):
+        if routed(parent):
             return shares.make(self, parent, name, mode, uid, gid, rdev, target)
         if parent.kind == "refs" and stat.S_ISLNK(mode):
             return self._add_ref(parent, name, target)
@@ -74,7 +75,7 @@ class CurWrites:
 
     def link(self, node: Node, parent: Node, name: bytes) -> Node:
         """A hard link to cur file ``node`` as ``name`` in cur directory ``parent``."""
-        if shares.routed(parent) or shares.routed(node):
+        if routed(parent) or routed(node):
             return shares.link(self, node, parent, name)
         self._writable_dir(parent)
         if node.kind != "cur":
@@ -86,7 +87,7 @@ class CurWrites:
 
     def unlink(self, parent: Node, name: bytes) -> None:
         """Remove a non-directory ``name``; in ``.refs``, drop that reference."""
-        if shares.routed(parent):
+        if routed(parent):
             return shares.unlink(self, parent, name)
         if parent.kind == "refs":
             self.e.del_ref(parent.mimei, name.decode(errors="replace"))
@@ -95,7 +96,7 @@ class CurWrites:
 
     def rmdir(self, parent: Node, name: bytes) -> None:
         """Remove the empty directory ``name``."""
-        if shares.routed(parent):
+        if routed(parent):
             return shares.rmdir(self, parent, name)
         if parent.kind == "refs":
             raise NotFound()
@@ -103,7 +104,7 @@ class CurWrites:
 
     def rename(self, p1: Node, n1: bytes, p2: Node, n2: bytes, flags: int = 0) -> None:
         """rename(2) / renameat2 with ``flags`` (RENAME_NOREPLACE, RENAME_EXCHANGE)."""
-        if shares.routed(p1) or shares.routed(p2):
+        if routed(p1) or routed(p2):
             return shares.rename(self, p1, n1, p2, n2, flags)
         a, b = self._writable_dir(p1), self._writable_dir(p2)
         if a.kind != "cur" or b.kind != "cur":
@@ -114,7 +115,7 @@ class CurWrites:
     def setattr(self, node: Node, **fields):
         """Change mode, uid, gid, size, atime_ns, mtime_ns (None = keep) of a cur
         node; returns its new :class:`~.nodes.Attr`. EROFS anywhere else."""
-        if shares.routed(node):
+        if routed(node):
             return shares.setattr(self, node, **fields)
         if node.kind != "cur":
             self.attr(node)
@@ -124,7 +125,7 @@ class CurWrites:
     def truncate_for_open(self, node: Node) -> None:
         """O_TRUNC at open of a cur file (libfuse negotiates atomic O_TRUNC: no setattr
         follows)."""
-        if shares.routed(node):
+        if routed(node):
             return shares.truncate_for_open(self, node)
         n = self.e.wt.getattr(node.ino)
         if n.size:
@@ -132,7 +133,7 @@ class CurWrites:
 
     def write(self, node: Node, offset: int, data) -> int:
         """Write ``data`` at ``offset`` into a cur file; returns the bytes written."""
-        if shares.routed(node):
+        if routed(node):
             return shares.write(self, node, offset, data)
         if node.kind != "cur":
             raise EngineError(errno.EROFS)
@@ -143,7 +144,7 @@ class CurWrites:
         """The value of extended attribute ``name``. ENODATA if unset; EOPNOTSUPP for
         POSIX ACLs and SELinux labels (GNU ``ls -l`` then stops asking per file:
         coreutils caches "not supported" per device, not "no data")."""
-        if shares.routed(node):
+        if routed(node):
             return shares.getxattr(self, node, name)
         if _unsupported(name):
             raise EngineError(errno.EOPNOTSUPP)
@@ -158,14 +159,14 @@ class CurWrites:
         return v
 
     def listxattr(self, node: Node) -> list[bytes]:
-        if shares.routed(node):
+        if routed(node):
             return shares.listxattr(self, node)
         if node.kind != "cur":
             return list(self.xattrs(node))
         return self.e.wt.listxattr(node.ino)
 
     def setxattr(self, node: Node, name: bytes, value: bytes) -> None:
-        if shares.routed(node):
+        if routed(node):
             return shares.setxattr(self, node, name, value)
         if node.kind != "cur":
             self.attr(node)
@@ -177,7 +178,7 @@ class CurWrites:
         self.e.wt.setxattr(node.ino, name, value)
 
     def removexattr(self, node: Node, name: bytes) -> None:
-        if shares.routed(node):
+        if routed(node):
             return shares.removexattr(self, node, name)
         if node.kind != "cur":
             raise EngineError(errno.EROFS)

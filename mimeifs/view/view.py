@@ -25,6 +25,7 @@ import time
 from ..engine.errors import EngineError, NotFound
 from ..engine.mimei import Engine
 from ..engine.worktree import Inode
+from . import share_writes as _share_writes
 from . import shares as _shares
 from .cur import CurWrites
 from .kinds import KINDS
@@ -154,7 +155,7 @@ class View(CurWrites):
         """Whether ``node`` may be opened as a file (for writing): EISDIR for
         directories, EROFS for anything but cur, EACCES for another author's cur."""
         if _shares.routed(node) and not _shares.is_shared_dir(node):
-            return _shares.open_check(self, node, writing)
+            return _share_writes.open_check(self, node, writing)
         if node.kind == "cur":
             n = self.e.wt.getattr(node.ino)
             if n.is_dir:

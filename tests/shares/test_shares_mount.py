@@ -7,15 +7,13 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
-import subprocess
 
 import pytest
 
 from mimeifs.engine.db import Store
 from mimeifs.engine.mimei import Engine
 
-from .conftest import SharedFS, pid_alive, wait_for
+from .conftest import SharedFS, wait_for
 
 
 def _write(path, text: str) -> None:
