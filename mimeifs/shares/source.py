@@ -117,11 +117,17 @@ class SourceSync:
                 self.inotify = None
 
     async def _reader(self) -> None:
-        fd = self.inotify.fileno()
+        ino = self.inotify
+        fd = ino.fileno()
         while True:
-            await trio.lowlevel.wait_readable(fd)
             try:
-                evs = self.inotify.read(timeout=0)
+                await trio.lowlevel.wait_readable(fd)
+            except trio.ClosedResourceError:
+                return  # gone to polling (_to_polling)
+            if ino.closed:
+                return
+            try:
+                evs = ino.read(timeout=0)
             except (BlockingIOError, InterruptedError):
                 continue
             if evs:
@@ -267,6 +273,7 @@ class SourceSync:
         log.warning("share %s: %s: a full rescan every %g s instead of inotify",
                     self.share.name, why, self.POLL)
         if self.inotify is not None:
+            trio.lowlevel.notify_closing(self.inotify.fileno())  # wakes the reader, which ends
             self.inotify.close()
             self.inotify = None
         self.paths.clear()
