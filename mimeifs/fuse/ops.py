@@ -131,7 +131,15 @@ class Operations(pyfuse3.Operations):
 
     # ------------------------------------------------------------------ bookkeeping
     def _in_use(self, ino: int) -> bool:
-        return self.lookups.get(ino, 0) > 0 or self.opens.get(ino, 0) > 0
+        if self.lookups.get(ino, 0) > 0 or self.opens.get(ino, 0) > 0:
+            return True
+        for fh in self.opens:  # open through a share under a number of its own (few)
+            if fh >= _VIRT:
+                n = self.vnodes.get(fh)
+                if n is not None and n.inner is not None and n.inner.kind == "cur" \
+                        and n.inner.ino == ino:
+                    return True
+        return False
 
     def _node(self, ino: int) -> Node:
         """The view node the kernel means by ``ino``."""
@@ -382,9 +390,13 @@ class Operations(pyfuse3.Operations):
             self.opens[fh] = left
             return
         self.opens.pop(fh, None)
-        if fh < _VIRT and not self.lookups.get(fh):  # a cur orphan may now be freed
+        ino = fh
+        if fh >= _VIRT:  # a cur file opened through a share stands for its engine inode
+            n = self.vnodes.get(fh)
+            ino = n.inner.ino if n is not None and n.inner is not None and n.inner.kind == "cur" else 0
+        if ino and ino < _VIRT and not self._in_use(ino):  # a cur orphan may now be freed
             try:
-                self.wt.forget(fh)
+                self.wt.forget(ino)
             except Exception:
                 log.exception("release %d", fh)
 

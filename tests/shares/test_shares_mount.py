@@ -231,3 +231,15 @@ def test_shares_listing_without_a_daemon_and_headless(tmp_path):
         assert d["backup_every"] == "1h"
     finally:
         m.run("stop")
+
+
+def test_a_file_unlinked_while_open_through_a_share_stays_readable(sfs):
+    sfs.run("share", "add", "open", "--mark", "open")
+    d = sfs.shared("open")
+    (d / "f").write_text("still here\n")
+    with open(d / "f") as f:
+        os.unlink(d / "f")
+        assert not (d / "f").exists()
+        assert f.read() == "still here\n"
+    assert os.listdir(d) == []
+    os.unlink(sfs.shared("open.mmfs"))
