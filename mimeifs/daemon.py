@@ -212,8 +212,15 @@ class Daemon:
 
     def _write_info(self) -> None:
         mp = os.path.abspath(self.cfg.mountpoint) if self.cfg.mountpoint else None
-        with open(self._info_path(), "w") as f:
-            json.dump({"pid": os.getpid(), "mountpoint": mp}, f)
+        info = json.dumps({"pid": os.getpid(), "mountpoint": mp}).encode()
+        try:  # in place over the last one's blocks: works on a full filesystem
+            self.store.write_runfile("mount.json", info)
+        except OSError as e:
+            log.error("cannot write %s (%s): CLI commands will not find this daemon",
+                      self._info_path(), e.strerror or e)
+        if self.store.low_space:
+            log.warning("%s: cur writes answer ENOSPC until space is freed",
+                        self.store.low_space)
         log.info("serving %s%s (pid %d)", self.store.path, f" at {mp}" if mp else " headless",
                  os.getpid())
 
@@ -222,7 +229,7 @@ class Daemon:
             with open(self._info_path()) as f:
                 if json.load(f).get("pid") != os.getpid():
                     return
-            os.unlink(self._info_path())
+            self.store.drop_runfile("mount.json")
         except (OSError, ValueError):
             pass
 

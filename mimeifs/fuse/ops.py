@@ -72,9 +72,23 @@ def handler(fn):
                 log.error("%s: %s", fn.__name__, e)
             raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
         except Exception:
-            log.exception("%s%r failed", fn.__name__, a)
+            log.exception("%s(%s) failed", fn.__name__, brief(a))
             raise pyfuse3.FUSEError(errno.EIO) from None
     return wrapper
+
+
+def brief(args) -> str:
+    """A request's arguments for a log line: payloads (bytes over 64, e.g. a write's
+    buffer or an xattr value) as their size, never their bytes (issue 11 item 5: a full
+    disk must not fill up with logged buffers)."""
+    out = []
+    for x in args:
+        if isinstance(x, (bytes, bytearray, memoryview)) and len(x) > 64:
+            out.append(f"<{len(x)} bytes>")
+        else:
+            r = repr(x)
+            out.append(r if len(r) <= 200 else r[:200] + "...")
+    return ", ".join(out)
 
 
 def _err(code: int):
@@ -449,16 +463,20 @@ class Operations(pyfuse3.Operations):
         return r
 
     # ------------------------------------------------------------------ invalidation
-    async def invalidate_all(self, mimei: str | None = None, removed: bool = False) -> None:
+    async def invalidate_all(self, mimei: str | None = None, removed: bool = False,
+                             names=()) -> None:
         """Drop what the kernel caches of cur inodes and of a MiMei's changing nodes.
 
         After a whole-MiMei command: every cur inode the kernel holds, the MiMei's
         ``last``, ``release``, ``v/``, ``.info`` (attributes and directory entries), and
-        with ``removed`` its entry in ``mm/``. Runs in a worker thread: pyfuse3's
-        invalidation must not run on the request loop.
+        with ``removed`` its entry in ``mm/``; ``names``: cur entries (parent inode,
+        name) the command removed (restore), each dropped by name, since invalidating
+        the ``cur`` dentry alone leaves a name held by an open file in the cache, and
+        writes through it would go to the unlinked inode. Runs in a worker thread:
+        pyfuse3's invalidation must not run on the request loop.
         """
         inos = [i for i in list(self.lookups) if CTRL < i < _VIRT]
-        entries = []
+        entries = list(names)
         if mimei:
             mdir = self.view.mimei_node(mimei).ino
             inos += self.view.mimei_numbers(mimei)

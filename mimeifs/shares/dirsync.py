@@ -107,8 +107,8 @@ class DirSync(Importer):
             self._maybe_commit(force=True)
         except BaseException:
             if self.txn is not None:
-                self.txn.abort()
-                self.txn = None
+                txn, self.txn = self.txn, None
+                self.store.end_write(txn, commit=False)
             raise
         return self.stats
 

@@ -34,6 +34,7 @@ import trio
 
 from ..engine.worktree import ZERO32
 from ..view.nodes import SHARED, vino
+from .mmfs import format_duration
 from .registry import Registry
 from .source import INotify, F, SourceSync
 
@@ -182,16 +183,20 @@ class SharesService:
             self._status_changed()
 
     def _backup_if_changed(self, share) -> dict | None:
-        """Back up cur of ``share`` if it differs from the last version."""
+        """Back up cur of ``share`` if it differs from the last version (content or
+        references: the engine's "nothing to back up" rule). A clean cur root equal
+        to the last version's is decided without a write transaction."""
         mid = share.mimei
         st = self.e.state(mid)
         root = self.e.wt.getattr(st["cur"])
         if st["last"] is not None and root.frozen != ZERO32:
-            if root.frozen.hex() == self.e.version(mid, st["last"])["root"]:
+            last = self.e.version(mid, st["last"])
+            if (root.frozen.hex() == last["root"]
+                    and sorted(last.get("refs", [])) == sorted(self.e.refs(mid)[0])):
                 return None
-        every = share.spec.backup_every
-        from .mmfs import format_duration
-        return self.e.backup(mid, memo=f"backup_every {format_duration(every)} (share {share.name})")
+        memo = f"backup_every {format_duration(share.spec.backup_every)} (share {share.name})"
+        rec = self.e.backup(mid, memo=memo, allow_empty=False)
+        return None if rec.get("unchanged") else rec
 
     async def _availability(self, t: _ShareTasks) -> None:
         """Another author's MiMei: found here, through the network node, or not."""

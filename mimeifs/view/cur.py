@@ -159,11 +159,13 @@ class CurWrites:
         return v
 
     def listxattr(self, node: Node) -> list[bytes]:
+        """Names of ``node``'s extended attributes; in cur the stored ones and the
+        synthesized ``user.mimei.id`` (getxattr answers it, so listxattr names it)."""
         if routed(node):
             return shares.listxattr(self, node)
         if node.kind != "cur":
             return list(self.xattrs(node))
-        return self.e.wt.listxattr(node.ino)
+        return self.e.wt.xattr_names(node.ino)
 
     def setxattr(self, node: Node, name: bytes, value: bytes) -> None:
         if routed(node):

@@ -10,7 +10,6 @@ passes itself (``v``) for the engine, the owner and the caches.
 from __future__ import annotations
 
 import errno
-import json
 import stat
 
 from .. import ids
@@ -288,13 +287,7 @@ class Info(Kind):
 
     @staticmethod
     def render(v, mid: str) -> bytes:
-        info = v.e.info(mid)
-        st = v.e.state(mid)
-        doc = {k: info[k] for k in ("id", "author", "app_type", "mimei_type", "ext", "mark",
-                                    "created", "rights")}
-        doc["last"] = st["last"]
-        doc["release"] = None if st["release"] is None else st["release"]["n"]
-        return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+        return v.e.info_file(mid)  # engine.mimei.info_json: ISO 8601 times, octal rights
 
 
 class MacFile(Kind):

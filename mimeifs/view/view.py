@@ -195,11 +195,12 @@ class View(CurWrites):
         return Attr(ino, mode, size, nlink, self.owner_uid if uid is None else uid,
                     0 if gid is None else gid, rdev, t, t, t, (size + 511) // 512, cache)
 
-    @staticmethod
-    def cur_attr(n: Inode) -> Attr:
+    def cur_attr(self, n: Inode) -> Attr:
+        """Attributes of cur inode ``n``; ``blocks`` is the data it really holds (a
+        sparse file's holes are not counted: :meth:`Worktree.st_blocks`)."""
         return Attr(n.ino, n.mode, n.size if not n.is_dir else 4096, max(n.nlink, 0), n.uid,
                     n.gid, n.rdev, n.mtime_ns, n.atime_ns, n.ctime_ns,
-                    (n.size + 511) // 512 if n.is_reg else 0, CUR)
+                    self.e.wt.st_blocks(n), CUR)
 
     def dir_nlink(self, tree_hash: bytes) -> int:
         """2 + subdirectories, ext4's convention (cur counts the same way)."""
