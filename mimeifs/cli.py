@@ -23,10 +23,11 @@ from .engine.db import Store, StoreError, default_store_path
 
 
 class _Main(click.Group):
-    """The top-level group. The ``ledger`` and ``credit`` groups are imported on first
-    use: no engine command needs them, and their imports cost ~40 ms per command."""
+    """The top-level group. The ``ledger`` and ``credit`` groups, and ``shares`` /
+    ``share``, are imported on first use: no engine command needs them, and their
+    imports cost ~40 ms per command."""
 
-    _LAZY = ("credit", "db", "ledger")
+    _LAZY = ("credit", "db", "ledger", "share", "shares")
 
     def list_commands(self, ctx):
         return sorted(set(super().list_commands(ctx)) | set(self._LAZY))
@@ -35,10 +36,14 @@ class _Main(click.Group):
         if name == "db" and name not in self.commands:
             from .resp.cli import db
             self.add_command(db)
-        elif name in self._LAZY and name not in self.commands:
+        elif name in ("credit", "ledger") and name not in self.commands:
             from .ledger.cli import credit, ledger
             self.add_command(ledger)
             self.add_command(credit)
+        if name in ("share", "shares") and name not in self.commands:
+            from .shares.cli import share, shares
+            self.add_command(share)
+            self.add_command(shares)
         return super().get_command(ctx, name)
 
 

@@ -14,6 +14,9 @@ services are built here by constructor calls and nothing is set on them afterwar
 - :class:`~mimeifs.resp.server.RespServer`, the RESP door onto db MiMei (always on the
   store's Unix socket ``resp.sock``, mode 0600; on TCP with ``extra["resp"]`` =
   ``"HOST:PORT"``, the ``--resp`` option of ``mount`` and ``serve``);
+- :class:`~mimeifs.shares.service.SharesService`, the ``.mmfs`` shares: the folder
+  followed, sources kept in step, scheduled backups (its registry is the view's
+  ``shared/``; ``extra={"shares": False}`` leaves it out);
 - :class:`~mimeifs.gateway.service.GatewayService`, the HTTP and WebDAV door
   (``--http HOST:PORT``; absent unless asked for);
 - further doors and the network node are one more constructor call in
@@ -241,6 +244,11 @@ def build_services(d: Daemon) -> list:
     """The services of daemon ``d``, in start order (each a constructor call)."""
     cfg = d.cfg
     services: list = [Signals(d.stop), Syncer(d.store)]
+    if cfg.extra.get("shares", True):
+        from .shares.service import SharesService
+        shares = SharesService(d.engine, d.view, d.store.path, cfg.mountpoint)
+        d.view.shares = shares.registry  # what the view's shared/ shows
+        services.append(shares)
     if cfg.mountpoint is not None:
         from .fuse.mount import FuseService
         services.append(FuseService(d.engine, d.view, cfg.mountpoint, allow_other=cfg.allow_other,

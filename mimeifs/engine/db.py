@@ -225,6 +225,24 @@ class Store(Space):
         finally:
             self._leave()
 
+    def begin_read(self, buffers: bool = False) -> lmdb.Transaction:
+        """A read snapshot that outlives one call (a RESP connection's batch); end it
+        with :meth:`end_read`. Like :meth:`read`, it passes the transaction gate, so a
+        map resize waits for it (keep it short)."""
+        self._enter()
+        try:
+            return self._begin(False, buffers)
+        except BaseException:
+            self._leave()
+            raise
+
+    def end_read(self, txn: lmdb.Transaction) -> None:
+        """End a snapshot from :meth:`begin_read`."""
+        try:
+            txn.abort()
+        finally:
+            self._leave()
+
     def begin_write(self, room: bool = True) -> lmdb.Transaction:
         """Begin a write transaction that outlives one call (the importer's batches);
         end it with :meth:`end_write`. ``room`` as for :meth:`write`."""

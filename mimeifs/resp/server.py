@@ -68,7 +68,7 @@ class Group:
     __slots__ = ("txn", "kss", "done", "error", "failed")
 
     def __init__(self, store):
-        self.txn = store.env.begin(write=True)
+        self.txn = store.begin_write()
         self.kss: dict[bytes, Keyspace] = {}
         self.done = trio.Event()
         self.error: BaseException | None = None
@@ -94,7 +94,7 @@ class Batch:
         s = self.s
         if c.version is None and (write or s.group is not None):
             if self.txn is not None:  # reads so far came from a snapshot: same data
-                self.txn.abort()
+                s.store.end_read(self.txn)
                 self.txn = None
             g = s.group if s.group is not None else s.open_group()
             ks = g.kss.get(c.ns)
@@ -103,14 +103,14 @@ class Batch:
             self.group, self.ks = g, ks
             return ks
         if self.ks is None:
-            self.txn = s.store.env.begin(write=False)
+            self.txn = s.store.begin_read()
             self.ks = Keyspace(s.store, c.ns, self.txn, False, track_dirty=c.version is None)
         return self.ks
 
     def end(self) -> None:
         """Release the read snapshot (a group is committed by the server)."""
         if self.txn is not None:
-            self.txn.abort()
+            self.s.store.end_read(self.txn)
             self.txn = None
 
 
@@ -276,15 +276,19 @@ class RespServer:
             await trio.lowlevel.cancel_shielded_checkpoint()  # the others that are ready run
         finally:
             self.group = None
+            ended = False
             try:
                 if g.failed:
-                    g.txn.abort()
+                    ended = True
+                    self.store.end_write(g.txn, commit=False)
                 else:
                     for ks in g.kss.values():
                         ks.finish()
-                    g.txn.commit()
+                    ended = True
+                    self.store.end_write(g.txn, commit=True)
             except BaseException as e:
-                g.txn.abort()
+                if not ended:
+                    self.store.end_write(g.txn, commit=False)
                 g.error = e
                 log.exception("committing a group of RESP writes failed")
             g.done.set()
