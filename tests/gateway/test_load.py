@@ -131,14 +131,14 @@ def test_webdav_writes_show_through_the_mount_at_once(mounted):
     r = n.curl(f"/dav/mm/{n.mid}/cur/a.txt", "-u", f"me:{tok}", "--data-binary", "changed over WebDAV\n",
                method="PUT")
     assert r.status in (201, 204), r
-    assert (cur / "a.txt").read_text() == "changed over WebDAV\n"
+    # the daemon drops the kernel's caches of cur right after the request, from a worker
+    # thread (ms); on a loaded machine allow 15 s, half of the 30 s they would otherwise live
+    wait_for(lambda: (cur / "a.txt").read_text() == "changed over WebDAV\n", 15, "the new content")
     r = n.curl(f"/dav/mm/{n.mid}/cur/a.txt", "-u", f"me:{tok}", "-H",
                f"Destination: {n.url(f'/dav/mm/{n.mid}/cur/b.txt')}", method="MOVE")
     assert r.status in (201, 204), r
     assert sorted(os.listdir(cur)) == ["b.txt", "big.bin"]
-    # the kernel's entry for the old name goes (the daemon invalidates it right after the
-    # request, from a worker thread, in ms; on a loaded machine allow 15 s, still half of
-    # the 30 s entry timeout it would otherwise live for)
+    # and the kernel's entry for the old name goes
     wait_for(lambda: not (cur / "a.txt").exists(), 15, "the kernel to forget a.txt")
     # and the other way: a write through the mount is what HTTP serves next
     (cur / "b.txt").write_text("from the mount\n")
