@@ -162,7 +162,10 @@ class Daemon:
             self._stop.set()
 
     async def main(self, ready) -> None:
-        forbid_fetching_here()
+        with forbid_fetching_here():
+            await self._main(ready)
+
+    async def _main(self, ready) -> None:
         self._stop = trio.Event()
         self._token = trio.lowlevel.current_trio_token()
         async with trio.open_nursery() as n:

@@ -69,7 +69,20 @@ def fetching_allowed() -> bool:
     return not getattr(_tls, "forbidden", False)
 
 
-def forbid_fetching_here() -> None:
+class forbid_fetching_here:
     """Mark the calling thread as one that must never wait for the network (a door's
-    event loop): misses there raise :class:`~.errors.ChunkMissing` at once."""
-    _tls.forbidden = True
+    event loop): misses there raise :class:`~.errors.ChunkMissing` at once.
+
+    Takes effect when called; as a context manager (``with forbid_fetching_here():``)
+    the thread's earlier setting comes back on leaving, so a thread that runs an event
+    loop for a while (a test, an in-process daemon) is not marked for ever."""
+
+    def __init__(self) -> None:
+        self._was = getattr(_tls, "forbidden", False)
+        _tls.forbidden = True
+
+    def __enter__(self) -> "forbid_fetching_here":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _tls.forbidden = self._was

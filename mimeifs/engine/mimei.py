@@ -93,7 +93,9 @@ class Engine:
         on the thread that made the change and must not block; exceptions are logged."""
         self._listeners.append(fn)
 
-    def _changed(self, mimei: str) -> None:
+    def changed(self, mimei: str) -> None:
+        """Tell the listeners (:meth:`subscribe`) that ``mimei`` changed as a whole
+        (its records, or its cur written through a door the others do not see)."""
         for fn in list(self._listeners):
             try:
                 fn(mimei)
@@ -302,7 +304,7 @@ class Engine:
                         break
         self._own.pop(m20, None)
         if info["mimei_type"] == "db":
-            self._changed(mimei)  # the RESP door drops connections to it
+            self.changed(mimei)  # the RESP door drops connections to it
 
     # ------------------------------------------------------------------ references
     def _refs_out(self, txn, m20: bytes) -> list[str]:
@@ -435,7 +437,7 @@ class Engine:
                                       bytes.fromhex(rec["root"]), rec["size"], self.is_open)
             self._set_refs(txn, m20, rec.get("refs", []))
         if rec["kind"] == "db":
-            self._changed(mimei)  # the RESP door fails the EXECs that watched its keys
+            self.changed(mimei)  # the RESP door fails the EXECs that watched its keys
         return removed
 
     def _set_refs(self, txn, m20: bytes, targets: list[str]) -> None:

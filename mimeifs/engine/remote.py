@@ -126,7 +126,7 @@ def adopt(engine, records: dict) -> str:
         if changed:
             txn.put(m20, json.dumps(st).encode(), db=engine.d_state)
     if changed:
-        engine._changed(mid)
+        engine.changed(mid)
     return mid
 
 

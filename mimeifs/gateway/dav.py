@@ -386,7 +386,7 @@ class _TellOtherDoors:
                 if dest:
                     changed.add(mimei_in(self.e, "/" + dest.split("/dav/", 1)[-1]))
                 for mid in changed - {""}:
-                    self.e._changed(mid)
+                    self.e.changed(mid)
 
 
 class GatewayDomainController(BaseDomainController):

@@ -8,7 +8,7 @@
 that is not a db or a version it does not have.
 
 Read rights are the db door's (the RESP door answers NOAUTH before AUTH): the node's
-gateway token, or a db token (``mimeifs db token SPEC[@N]``, :mod:`mimeifs.resp.auth`)
+gateway token, or a db token (``mimeifs db token SPEC[@N]``, :mod:`mimeifs.tokens`)
 granting this MiMei at this version (a cur token reads cur, a version's token that
 version; ``last`` and ``release`` are read with a token for the number they name). The
 MiMei's file ``rights`` do not open a database. A version is opened as the RESP door
@@ -28,7 +28,7 @@ class DbKeys:
     the node token; db tokens are checked with the node key."""
 
     def __init__(self, view, guard):
-        from ..resp.auth import Tokens
+        from ..tokens import Tokens
         self.view = view
         self.e = view.e
         self.guard = guard

@@ -52,7 +52,7 @@ def db():
 @click.pass_context
 def token(ctx, spec, read_only):
     """Print a token for AUTH: SPEC[@VERSION] (versions are read-only)."""
-    from .auth import Tokens
+    from ..tokens import Tokens
     mid, ver = _split(ctx, spec)
     e = _engine(ctx)
     if ver is not None and ver.isdigit():

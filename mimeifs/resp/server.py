@@ -25,7 +25,7 @@ from ..engine import kvsnap
 from ..engine.kv import NIL_ARRAY, OK, Keyspace, ReplyError
 from ..engine.kvcmd import COMMANDS, arity_error
 from . import connection as cc
-from .auth import Tokens
+from ..tokens import Tokens
 from .proto import RequestParser, encode
 
 log = logging.getLogger("mimeifs.resp")

@@ -58,8 +58,7 @@ def test_remote_mimei_is_fetched_off_the_event_loop(tmp_path):
             return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
 
     async def main():
-        forbid_fetching_here()  # as on the daemon's trio thread
-        with trio.fail_after(60):
+        with forbid_fetching_here(), trio.fail_after(60):  # as on the daemon's trio thread
             await serve_and_get()
 
     async def serve_and_get():

@@ -65,8 +65,7 @@ def test_a_client_that_goes_away_stops_the_reads(tmp_path):
         return n
 
     async def main():
-        forbid_fetching_here()
-        with trio.fail_after(60):
+        with forbid_fetching_here(), trio.fail_after(60):
             async with trio.open_nursery() as n:
                 await n.start(svc.run)
                 got = await trio.to_thread.run_sync(client_reads_a_little_and_leaves)

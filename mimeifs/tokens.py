@@ -1,4 +1,5 @@
-"""Tokens that open a db MiMei over RESP: which MiMei, which version, which right.
+"""Tokens that open a db MiMei (over RESP, or the gateway's /db/ endpoint): which MiMei,
+which version, which right. Shared by both doors, so it lives beside ids.py.
 
 A token is ``mmdb1.<mimei id>.<version>.<right>.<mac>`` where version is ``cur``,
 ``last``, ``release`` or a number, right is ``rw`` or ``ro``, and mac is the first 16
