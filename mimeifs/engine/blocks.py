@@ -47,6 +47,8 @@ import blake3
 import zstandard
 from pyfastcdc import FastCDC
 
+from .errors import ChunkMissing, Corrupt
+
 MIN_CHUNK = 16 * 1024
 AVG_CHUNK = 64 * 1024
 MAX_CHUNK = 256 * 1024
@@ -68,8 +70,9 @@ _REF = struct.Struct(">B32sII")  # codec PACKED, pack id, offset, length
 _tls = threading.local()
 
 
-class CorruptBlock(Exception):
-    """A stored chunk is missing, cannot be decompressed, or fails its hash."""
+#: A stored chunk or pack cannot be decompressed or fails its hash (EIO); a chunk this
+#: store does not index at all raises :class:`errors.ChunkMissing` instead.
+CorruptBlock = Corrupt
 
 
 def _cctx() -> zstandard.ZstdCompressor:
@@ -291,14 +294,15 @@ def load_chunk(txn, db, h: bytes, length: int, cache: ChunkCache | None = None,
     (codec 0/1) is decoded alone. The chunk's blake3 is checked when it first comes
     from the store (as ZFS and restic check every read; cache hits were checked on the
     way in). Raises :class:`CorruptBlock` if the chunk or its pack is missing,
-    undecodable or not matching its length or hash."""
+    undecodable or not matching its length or hash, :class:`ChunkMissing` if this store
+    does not index ``h`` at all."""
     if cache is not None:
         v = cache.get(h)
         if v is not None:
             return v
     raw = txn.get(h, db=db)
     if raw is None:
-        raise CorruptBlock(f"missing chunk {h.hex()}")
+        raise ChunkMissing([("chunk", h)])
     if len(raw) and raw[0] == PACKED:
         pid, off, n = decode_ref(h, raw)
         if n != length:

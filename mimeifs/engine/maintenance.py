@@ -23,8 +23,14 @@ from typing import Callable
 import blake3
 
 from .. import ids
-from . import blocks, objects, packs
+from . import blocks, objects, packs, remote
+from .errors import ChunkMissing
 from .worktree import ZERO32, Inode
+
+
+def _cached_only(txn, e) -> set[bytes]:
+    """IDs (20 bytes) of remote MiMei that are not pinned: their objects are a cache."""
+    return {bytes(k) for k, v in txn.cursor(db=e.d_state) if remote.cached_only(json.loads(v))}
 
 
 def _walk_versions(txn, e, on_version):
@@ -163,12 +169,15 @@ def check(engine, progress: Callable[[int], None] | None = None) -> dict:
             except (ValueError, KeyError, TypeError, ids.BadSignature) as x:
                 problems.append(f"{where}: version record: {x}")
                 return
+            if k[:20] in cache_only:
+                return  # a remote MiMei's fetched pieces: a cache, partial by design
             root = bytes.fromhex(rec["root"])
             if rec["kind"] == "fs":
                 tree_ok(root, where)
             else:
                 manifest_ok(root, where)
 
+        cache_only = _cached_only(txn, e)
         _walk_versions(txn, e, on_version)
 
         for k, v in txn.cursor(db=e.wt.d_inodes):
@@ -200,14 +209,20 @@ def gc(engine) -> dict:
                 if th in live_trees:
                     continue
                 live_trees.add(th)
-                t = e.objs.tree(txn, e.d_trees, th)
+                try:
+                    t = e.objs.tree(txn, e.d_trees, th)
+                except ChunkMissing:
+                    continue  # a pinned remote version still arriving: nothing below to keep
                 for en in t.entries:
                     if en.is_dir:
                         stack.append(en.hash)
                     elif en.is_file:
                         live_manifests.add(en.hash)
 
-        for _k, v in txn.cursor(db=e.d_versions):
+        cache_only = _cached_only(txn, e)  # their blocks may be evicted
+        for k, v in txn.cursor(db=e.d_versions):
+            if bytes(k[:20]) in cache_only:
+                continue
             rec = json.loads(v)
             root = bytes.fromhex(rec["root"])
             if rec["kind"] == "fs":

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import secrets
 import stat
@@ -30,20 +31,16 @@ import time
 
 from .. import ids
 from . import backup as bk
-from . import blocks, objects
+from . import blocks, objects, remote
+from .chunkstore import ChunkStore
 from .db import Store, scan_prefix
+from .fetch import Fetcher
+from .errors import MiMeiError  # noqa: F401  (the older name of EngineError)
 from .worktree import ROOT_PARENT, Worktree
 
 MIMEI_TYPES = ("fs", "file", "db")
 _N = struct.Struct(">I")
-
-
-class MiMeiError(Exception):
-    """A MiMei-level request cannot be done; ``errno`` says why (ENOENT, EEXIST, ...)."""
-
-    def __init__(self, code: int, msg: str):
-        super().__init__(msg)
-        self.errno = code
+log = logging.getLogger("mimeifs.engine")
 
 
 def _vkey(mimei: str, m20: bytes, n) -> bytes:
@@ -68,20 +65,37 @@ class Engine:
     unlinked file that is open stays readable until released.
     """
 
-    def __init__(self, store: Store, chunk_cache_bytes: int = 128 << 20):
+    def __init__(self, store: Store, fetcher: Fetcher | None = None,
+                 chunk_cache_bytes: int = 128 << 20):
         self.store = store
         self.node_id = store.node_id
         self._own: dict[bytes, bool] = {}
         self._own_lock = threading.Lock()
-        self.chunks = blocks.ChunkCache(chunk_cache_bytes)
-        self.objs = objects.ObjectCache()
-        self.wt = Worktree(store, self.can_write, self.chunks, self.objs)
+        self.chunks = ChunkStore(store, fetcher, chunk_cache_bytes)
+        self.objs = self.chunks.objs
+        self.fetcher = fetcher
+        self.wt = Worktree(store, self.can_write, self.chunks.cache, self.objs)
         self.is_open = lambda ino: False
+        self._listeners: list = []
         s = store
         self.d_mimei, self.d_state, self.d_versions = s.db("mimei"), s.db("state"), s.db("versions")
         self.d_names, self.d_refs, self.d_refs_in = s.db("names"), s.db("refs"), s.db("refs_in")
         self.d_vrefs, self.d_mac = s.db("vrefs"), s.db("mac")
         self.d_trees, self.d_manifests, self.d_blocks = s.db("trees"), s.db("manifests"), s.db("blocks")
+
+    # ------------------------------------------------------------------ change events
+    def subscribe(self, fn) -> None:
+        """Call ``fn(mimei_id)`` after records of a MiMei change from outside this
+        process's own requests (a remote MiMei adopted or given newer versions). It runs
+        on the thread that made the change and must not block; exceptions are logged."""
+        self._listeners.append(fn)
+
+    def _changed(self, mimei: str) -> None:
+        for fn in list(self._listeners):
+            try:
+                fn(mimei)
+            except Exception:
+                log.exception("change listener failed for %s", mimei)
 
     # ------------------------------------------------------------------ info / state
     def can_write(self, mimei20: bytes) -> bool:
@@ -225,8 +239,9 @@ class Engine:
         with self.store.write() as txn:
             st = self._state(txn, m20)
             info = self._info(txn, m20)
-            root = self.wt.get(txn, st["cur"])
-            self.wt.remove_tree(txn, ROOT_PARENT, m20, root, self.is_open)
+            if st["cur"] is not None:
+                root = self.wt.get(txn, st["cur"])
+                self.wt.remove_tree(txn, ROOT_PARENT, m20, root, self.is_open)
             for n in range(0 if st["last"] is None else st["last"] + 1):
                 raw = txn.get(m20 + _N.pack(n), db=self.d_versions)
                 if raw is not None:
@@ -383,6 +398,8 @@ class Engine:
             if n is None:
                 raise MiMeiError(errno.ENOENT, f"{mimei} has no version to fork")
         src = self.version(mimei, n)
+        if src["kind"] == "fs":
+            self.ensure_trees(bytes.fromhex(src["root"]))
         if mark == "auto":  # drawn once: the check below and create() must see one mark
             mark = "auto-" + secrets.token_hex(8)
         new_id = ids.mimei_id(self.node_id, info["app_type"], info["mimei_type"], mark)
@@ -406,6 +423,41 @@ class Engine:
         self.store.sync()
         return new_id
 
+    # ------------------------------------------------------------------ remote MiMei
+    def adopt(self, records: dict) -> str:
+        """Store verified records of another author's MiMei (read-only here); see
+        :func:`.remote.adopt`. Raises Corrupt for a forged or malformed record."""
+        return remote.adopt(self, records)
+
+    def records(self, mimei: str) -> dict:
+        """The signed records a peer is handed for ``mimei`` (:func:`.remote.records`)."""
+        return remote.records(self, mimei)
+
+    def find(self, mimei: str) -> bool:
+        """Whether ``mimei`` is here, fetching its records if not (:func:`.remote.find`)."""
+        return remote.find(self, mimei)
+
+    def is_remote(self, mimei: str) -> bool:
+        """True if ``mimei`` is held here but authored elsewhere."""
+        return bool(self.state(mimei).get("remote"))
+
+    def set_pinned(self, mimei: str, pinned: bool) -> None:
+        """Keep a remote MiMei's objects through gc (:func:`.remote.set_pinned`)."""
+        remote.set_pinned(self, mimei, pinned)
+
+    def ensure_trees(self, root: bytes) -> int:
+        """Fetch every tree below tree ``root`` this store lacks, one batch per level of
+        the tree; returns how many trees the version has. Raises ChunkMissing if one
+        cannot be had."""
+        seen: set[bytes] = set()
+        level = [root]
+        while level:
+            level = [h for h in dict.fromkeys(level) if h not in seen]
+            seen.update(level)
+            self.chunks.ensure([("tree", h) for h in level])
+            level = [e.hash for h in level for e in self.tree(h).entries if e.is_dir]
+        return len(seen)
+
     # ------------------------------------------------------------------ reading versions
     def version_root(self, mimei: str, n: int) -> objects.Entry:
         """The root of version n as an entry (a directory for fs, a file for file)."""
@@ -418,22 +470,16 @@ class Engine:
         return objects.Entry(b"", mode, 0, 0, rec["size"], rec["time"], 0, h, b"", ())
 
     def tree(self, h: bytes) -> objects.Tree:
-        """A decoded tree by hash. Raises :class:`blocks.CorruptBlock`."""
-        t = self.objs.cached_tree(h)
-        if t is not None:
-            return t
-        with self.store.read() as txn:
-            return self.objs.tree(txn, self.d_trees, h)
+        """A decoded tree by hash (fetched on a miss). Raises ChunkMissing, Corrupt."""
+        return self.chunks.tree(h)
 
     def manifest(self, h: bytes) -> objects.Manifest:
-        with self.store.read() as txn:
-            return self.objs.manifest(txn, self.d_manifests, h)
+        """The manifest of content ``h`` (fetched on a miss). Raises ChunkMissing, Corrupt."""
+        return self.chunks.manifest(h)
 
     def read_content(self, h: bytes, offset: int, size: int) -> bytes:
         """Bytes of the file whose content hash is ``h`` (a version file or Mac file)."""
-        with self.store.read() as txn:
-            m = self.objs.manifest(txn, self.d_manifests, h)
-            return m.read(txn, self.d_blocks, offset, size, self.chunks)
+        return self.chunks.read(h, offset, size)
 
     def has_content(self, h: bytes) -> bool:
         with self.store.read() as txn:

@@ -32,6 +32,7 @@ from typing import NamedTuple, Sequence
 import blake3
 
 from . import blocks
+from .errors import ChunkMissing
 
 TREE_CONTEXT = "mimeifs 2026 tree v1"
 _MHDR = struct.Struct(">QI")
@@ -257,7 +258,7 @@ class ObjectCache:
         if v is None:
             raw = txn.get(h, db=db)
             if raw is None:
-                raise blocks.CorruptBlock(f"missing {'tree' if kind == b'T' else 'manifest'} {h.hex()}")
+                raise ChunkMissing([("tree" if kind == b"T" else "manifest", h)])
             v = decode(h, raw)
             self._put(key, v, 1 + len(v.entries if kind == b"T" else v.chunks))
         return v
@@ -267,10 +268,12 @@ class ObjectCache:
         return self._get((b"T", h))
 
     def tree(self, txn, db, h: bytes) -> Tree:
-        """The decoded tree ``h``. Raises :class:`blocks.CorruptBlock` if missing/bad."""
+        """The decoded tree ``h``. Raises :class:`ChunkMissing` if this store lacks it,
+        :class:`blocks.CorruptBlock` if it does not decode."""
         return self._load(b"T", txn, db, h, lambda h, raw: decode_tree(h, blocks.decode_chunk(raw)))
 
     def manifest(self, txn, db, h: bytes) -> Manifest:
-        """The decoded manifest ``h``. Raises :class:`blocks.CorruptBlock` if missing/bad."""
+        """The decoded manifest ``h``. Raises :class:`ChunkMissing` if this store lacks
+        it, :class:`blocks.CorruptBlock` if it does not decode."""
         return self._load(b"M", txn, db, h, lambda h, raw: Manifest.decode(h, bytes(raw)))
 

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 from . import blocks, objects
 from .db import scan_prefix
+from .errors import EngineError
 
 PAGE = 64 * 1024
 ZERO32 = bytes(32)
@@ -54,9 +55,9 @@ def ikey(ino: int) -> bytes:
     return _Q.pack(ino)
 
 
-def fserr(code: int, msg: str = "") -> OSError:
-    """An OSError carrying a POSIX errno (what FUSE handlers turn into replies)."""
-    return OSError(code, msg or os.strerror(code))
+def fserr(code: int, msg: str = "") -> EngineError:
+    """An :class:`EngineError` carrying a POSIX errno (what doors turn into replies)."""
+    return EngineError(code, msg or os.strerror(code))
 
 
 @dataclass(slots=True)

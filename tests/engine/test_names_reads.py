@@ -37,8 +37,8 @@ def test_read_of_a_corrupted_raw_chunk_is_an_error_not_wrong_bytes(fs):
         raw = bytes(txn.get(blocks.pack_key(pid), db=d_blocks))
         assert raw[0] == blocks.RAW
         txn.put(blocks.pack_key(pid), raw[:1] + bytes(len(raw) - 1), db=d_blocks)  # zeros
-    e.chunks = blocks.ChunkCache()           # nothing cached from before
-    e.wt.chunks = e.chunks
+    e.chunks.cache = blocks.ChunkCache()     # nothing cached from before
+    e.wt.chunks = e.chunks.cache
     with pytest.raises(blocks.CorruptBlock):
         e.read_content(entry.hash, 0, 4096)
 

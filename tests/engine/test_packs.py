@@ -88,7 +88,7 @@ def test_import_and_backup_round_trip_mixed_sizes(engine, tmp_path):
     more = {b"w1": text(200_000, 5), b"w2": os.urandom(300_000), b"w3": b"tiny"}
     for name, data in more.items():
         mkfile(e, lookup_path(e, root, "d2"), name, data)
-    e.chunks = e.wt.chunks = blocks.ChunkCache()  # nothing cached from the writes
+    e.chunks.cache = e.wt.chunks = blocks.ChunkCache()  # nothing cached from the writes
     e.backup(mid)
     snap = version_snapshot(e, mid, 1)
     for name, data in more.items():
@@ -129,7 +129,7 @@ def test_corrupted_pack_is_reported_by_check_and_refused_by_reads(fs):
         txn.put(blocks.pack_key(pid), bytes(raw), db=e.d_blocks)
     problems = maintenance.check(e)["problems"]
     assert any(m.chunks[-1].hex() in p for p in problems), problems
-    e.chunks = e.wt.chunks = blocks.ChunkCache()
+    e.chunks.cache = e.wt.chunks = blocks.ChunkCache()
     with pytest.raises(blocks.CorruptBlock):
         e.read_content(h, m.offsets[-1], 100)
     with e.store.write() as txn:                         # and a missing pack
@@ -151,7 +151,7 @@ def test_forged_pack_that_decodes_is_caught_by_its_hash(fs):
         txn.put(blocks.pack_key(pid), blocks._stored_value(forged), db=e.d_blocks)
     problems = maintenance.check(e)["problems"]
     assert any("does not match its id" in p for p in problems), problems
-    e.chunks = e.wt.chunks = blocks.ChunkCache()
+    e.chunks.cache = e.wt.chunks = blocks.ChunkCache()
     with pytest.raises(blocks.CorruptBlock):
         e.read_content(h, 0, 200_000)
 
@@ -181,7 +181,7 @@ def test_gc_frees_dead_pack_and_repacks_half_dead_one(engine, tmp_path):
     assert old_pid not in pack_ids(e) and dead_pid not in pack_ids(e)
     new_pid = ref_of(e, e.manifest(h0).chunks[0])[0]
     assert new_pid in pack_ids(e) and new_pid != old_pid
-    e.chunks = e.wt.chunks = blocks.ChunkCache()
+    e.chunks.cache = e.wt.chunks = blocks.ChunkCache()
     assert {p: v[1] for p, v in cur_snapshot(e, root).items()} == kept
     assert maintenance.check(e)["problems"] == []
     again = maintenance.gc(e)          # nothing left to do
@@ -315,7 +315,7 @@ def test_backup_of_files_written_in_cur_shares_packs(fs):
     # ~350 KiB of small files + 4 MiB of big file: a handful of 1 MiB packs, not 201
     assert 1 <= len(new) <= 8, len(new)
     assert rec["n"] == 0
-    e.chunks = e.wt.chunks = blocks.ChunkCache()       # read from the store, not the cache
+    e.chunks.cache = e.wt.chunks = blocks.ChunkCache()       # read from the store, not the cache
     snap = version_snapshot(e, mid, 0)
     for name, data in files.items():
         assert snap[name.decode()][1] == data
