@@ -61,11 +61,13 @@ class Connection:
     def __init__(self, stream, reader: FrameReader, peer_id: str, outbound: bool,
                  peer_listen: tuple | None = None, max_frame: int = MAX_FRAME,
                  max_inflight: int = 64, send_queue: int = 16,
-                 on_violation: Callable[[str, str], None] | None = None):
+                 on_violation: Callable[[str, str], None] | None = None,
+                 on_reply: Callable[[str, str, int], None] | None = None):
         self.stream, self.reader, self.peer_id = stream, reader, peer_id
         self.outbound, self.peer_listen, self.max_frame = outbound, peer_listen, max_frame
         self.max_inflight = max_inflight
         self.on_violation = on_violation or (lambda peer, why: None)
+        self.on_reply = on_reply  # (peer, type, frame bytes) of every reply received
         self._out_send, self._out_recv = trio.open_memory_channel(send_queue)
         self._pending: dict[int, trio.MemorySendChannel] = {}
         self._serving: dict[int, trio.CancelScope] = {}
@@ -132,6 +134,8 @@ class Connection:
                 return
             t = msg["t"]
             if t in REPLIES:
+                if self.on_reply is not None:
+                    self.on_reply(self.peer_id, t, self.reader.last_size)
                 ch = self._pending.get(msg["re"])
                 if ch is not None:
                     try:
@@ -182,6 +186,12 @@ class Connection:
         if self.closed.is_set():
             raise trio.ClosedResourceError("connection closed")
         await self._out_send.send(encode(msg, self.max_frame))
+
+    async def send_frame(self, frame: bytes) -> None:
+        """Queue one frame already encoded with :func:`wire.encode`."""
+        if self.closed.is_set():
+            raise trio.ClosedResourceError("connection closed")
+        await self._out_send.send(frame)
 
     async def reply(self, rid: int, t: str, **fields) -> None:
         """Send a reply of type ``t`` to request ``rid``."""

@@ -378,6 +378,13 @@ class DHT:
         got = self._run(self.server.lookup(R.ver_key(mimei)))
         return got[1] if got and got[0] == "ver" else None
 
+    def contacts(self) -> list[tuple[str, str, int]]:
+        """[(node ID hex, host, port)] of the routing table."""
+        async def get():
+            return [(n.id.hex(), n.ip, n.port) for b in self.server.protocol.router.buckets
+                    for n in b.get_nodes()]
+        return self._run(get(), 10)
+
     def stats(self) -> dict:
         """``{"size", "stored", "refused", "hops_median"}``."""
         hops = sorted(self.server.hops)

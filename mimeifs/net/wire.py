@@ -119,6 +119,7 @@ class FrameReader:
         self.max_frame = max_frame
         self.buf = bytearray()
         self.bytes_in = 0
+        self.last_size = 0
 
     async def _fill(self, n: int) -> bool:
         while len(self.buf) < n:
@@ -141,4 +142,5 @@ class FrameReader:
             raise ProtocolError(E_MALFORMED, "stream ended inside a frame")
         body = bytes(self.buf[4:4 + n])
         del self.buf[:4 + n]
+        self.last_size = 4 + n
         return decode_body(body, self.max_frame)

@@ -1,0 +1,245 @@
+"""The client side: find providers, fetch blocks and records, pin, replicate.
+
+Fetching blocks (:meth:`Client.fetch_objects`, anchor: Bitswap's want lists): the wants
+are cut into batches of ``want_batch`` and all batches are sent at once, spread over up
+to four providers (many wants in flight on each stream). Providers come from the DHT for
+the MiMei being read (the engine's wants name no MiMei, so the providers of the MiMei
+most recently looked up are asked first, then every connected peer: Bitswap's broadcast
+to connected peers). Every block is verified (``verify.py``) before the engine sees it;
+a peer whose answer holds one bad block has its whole answer dropped and is not asked
+again for ``bad_peer_for`` seconds; what is still missing goes to the next provider.
+
+Records (:meth:`Client.fetch_mimei`): the newest signed version record in the DHT and
+the records of up to four providers; each set is verified (``engine.remote
+.verify_records``); the set with the highest version wins, and a version the DHT knows
+that the providers lack is added (it is signed by the author, so it is believed). A
+lower version never replaces a higher one (the engine's ``adopt`` keeps it so too).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import trio
+
+from ..engine import remote
+from ..engine.errors import Corrupt, EngineError
+from ..engine.fetch import FetchError
+from . import verify
+from .conn import Connection
+from .wire import E_BUSY, E_CREDIT, E_FORBIDDEN, RemoteError
+
+log = logging.getLogger("mimeifs.net")
+
+PROVIDER_CACHE = 10.0
+
+
+class Client:
+    """Client operations of one :class:`~.node.NetNode`."""
+
+    def __init__(self, node):
+        self.node = node
+        self.recent: dict[str, float] = {}          # MiMei -> last use (providers asked first)
+        self._prov: dict[str, tuple[float, list]] = {}
+
+    # ------------------------------------------------------------------ providers
+    async def providers(self, mimei: str, fresh: bool = False) -> list[tuple[str, tuple]]:
+        """[(node ID, (host, port))] of ``mimei`` from the DHT (cached 10 s)."""
+        node = self.node
+        if node.dht is None:
+            return []
+        hit = self._prov.get(mimei)
+        if hit and not fresh and time.monotonic() - hit[0] < PROVIDER_CACHE:
+            return hit[1]
+        try:
+            recs = await trio.to_thread.run_sync(node.dht.providers, mimei, abandon_on_cancel=True)
+        except Exception as e:  # a DHT failure is a miss, never a crash
+            log.info("provider lookup of %s failed: %s", mimei[:12], e)
+            recs = []
+        got = [(r["node"], tuple(r["addr"])) for r in recs if r["node"] != node.id]
+        self._prov[mimei] = (time.monotonic(), got)
+        return got
+
+    async def candidates(self, mimei: str | None = None, prefer: str | None = None) -> list[tuple[str, tuple]]:
+        """Peers to ask, best first: ``prefer``, providers of ``mimei`` (or of the MiMei
+        used most recently), then connected peers; bad peers left out."""
+        out: list[tuple[str, tuple | None]] = []
+        if prefer:
+            out.append((prefer, self.node.addr_of(prefer)))
+        ms = [mimei] if mimei else sorted(self.recent, key=self.recent.get, reverse=True)[:4]
+        for m in ms:
+            out.extend(await self.providers(m))
+        out.extend((p, c.peer_listen) for p, c in list(self.node.conns.items()))
+        seen, res = set(), []
+        for p, a in out:
+            if p in seen or p == self.node.id or self.node.is_bad(p):
+                continue
+            if a is None and p not in self.node.conns:
+                continue
+            seen.add(p)
+            res.append((p, a))
+        return res
+
+    # ------------------------------------------------------------------ blocks
+    async def fetch_objects(self, wants: list) -> list[tuple]:
+        """Verified blocks for ``wants`` ([(kind, key)]); may be fewer than asked."""
+        need = dict.fromkeys((k, bytes(h)) for k, h in wants)
+        out: list[tuple] = []
+        tried: set[str] = set()
+        for _round in range(6):
+            if not need:
+                break
+            peers = [p for p in await self.candidates() if p[0] not in tried][:4]
+            if not peers:
+                break
+            todo = list(need)
+            b = max(1, self.node.cfg.want_batch)
+            batches = [todo[i:i + b] for i in range(0, len(todo), b)]
+            answers: list[tuple[str, list]] = []
+            async with trio.open_nursery() as n:
+                for i, batch in enumerate(batches):
+                    n.start_soon(self._ask, peers[i % len(peers)], batch, answers)
+            progress = set()
+            for peer, blocks in answers:
+                for blk in blocks:
+                    new = [w for w in verify.covers(blk) if w in need]
+                    if new:
+                        out.append(blk)
+                    for w in new:
+                        need.pop(w, None)
+                        progress.add(peer)
+            tried.update(p for p, _ in peers if p not in progress)
+        return out
+
+    async def _ask(self, peer: tuple, batch: list, answers: list) -> None:
+        pid, addr = peer
+        try:
+            conn = await self.node.connect(pid, addr)
+            blocks, _dont = await conn.want(batch, self.node.cfg.request_timeout)
+        except RemoteError as e:
+            self._remote_error(pid, e)
+            return
+        except (OSError, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError, Exception) as e:
+            log.info("want from %s failed: %s", pid[:12], e)
+            return
+        try:
+            good = await trio.to_thread.run_sync(lambda: [verify.check_block(x) for x in blocks])
+        except verify.BadBlock as e:
+            self.node.mark_bad(pid, f"served a bad block: {e}")
+            return
+        answers.append((pid, good))
+
+    def _remote_error(self, pid: str, e: RemoteError) -> None:
+        if e.code == E_CREDIT:
+            self.node.refused_by[pid] = {"reason": e.msg, "time": time.time()}
+            log.warning("peer %s refuses service: %s", pid[:12], e.msg)
+        elif e.code == E_BUSY:
+            log.info("peer %s is busy", pid[:12])
+        else:
+            log.info("peer %s: %s", pid[:12], e)
+
+    # ------------------------------------------------------------------ records
+    async def fetch_mimei(self, mimei: str, prefer: str | None = None) -> dict | None:
+        """The newest verified records of ``mimei`` among providers and the DHT, or None."""
+        self.recent[mimei] = time.monotonic()
+        node = self.node
+        dht_val = None
+        if node.dht is not None:
+            try:
+                dht_val = await trio.to_thread.run_sync(node.dht.newest_version, mimei, abandon_on_cancel=True)
+            except Exception as e:
+                log.info("version lookup of %s failed: %s", mimei[:12], e)
+        cands = (await self.candidates(mimei, prefer))[:4]
+        got: list[dict] = []
+
+        async def ask(pid, addr):
+            try:
+                conn = await node.connect(pid, addr)
+                r = (await conn.request("records", timeout=node.cfg.request_timeout, m=mimei)).get("r")
+                mid, _info, versions, _rel = await trio.to_thread.run_sync(remote.verify_records, r)
+                if mid != mimei:
+                    raise Corrupt("records of another MiMei")
+                got.append(r)
+            except Corrupt as e:
+                node.mark_bad(pid, f"sent bad records: {e}")
+            except RemoteError as e:
+                self._remote_error(pid, e)
+                if e.code == E_FORBIDDEN:
+                    node.forbidden[mimei] = e.msg
+            except Exception as e:
+                log.info("records of %s from %s failed: %s", mimei[:12], pid[:12], e)
+
+        async with trio.open_nursery() as n:
+            for pid, addr in cands:
+                n.start_soon(ask, pid, addr)
+        best = None
+        for r in got:
+            top = max((v["n"] for v in r.get("versions") or []), default=-1)
+            if best is None or top > best[0]:
+                best = (top, r)
+        if best is None:
+            return None
+        recs = dict(best[1])
+        if dht_val is not None and dht_val["info"]["id"] == mimei and dht_val["version"]["n"] > best[0]:
+            recs["versions"] = list(recs.get("versions") or []) + [dht_val["version"]]
+        return recs
+
+    # ------------------------------------------------------------------ pin
+    async def pin(self, mimei: str, all_versions: bool = False, prefer: str | None = None) -> dict:
+        """Keep a full copy of ``mimei`` (its newest version, or all): adopt its records,
+        mark it pinned, fetch every tree, manifest and chunk, announce this node as a
+        provider. Returns ``{"mimei", "versions", "fetched"}``. Raises FetchError."""
+        node, engine = self.node, self.node.engine
+        self.recent[mimei] = time.monotonic()
+        recs = await self.fetch_mimei(mimei, prefer)
+        own = await trio.to_thread.run_sync(lambda: engine.exists(mimei) and not engine.is_remote(mimei))
+        if recs is None and not await trio.to_thread.run_sync(engine.exists, mimei):
+            raise FetchError(f"no provider has {mimei}")
+        if recs is not None and not own:
+            try:
+                await trio.to_thread.run_sync(engine.adopt, recs)
+            except Corrupt as e:
+                raise FetchError(f"records of {mimei} do not verify: {e}") from e
+        if not own:
+            await trio.to_thread.run_sync(engine.set_pinned, mimei, True)
+        versions = await trio.to_thread.run_sync(engine.versions, mimei)
+        if not all_versions:
+            versions = versions[-1:]
+        before = engine.chunks.stats["fetched_bytes"]
+        for v in versions:
+            await trio.to_thread.run_sync(self._fetch_version, v)
+        node.pinned_changed(mimei)
+        return {"mimei": mimei, "versions": [v["n"] for v in versions],
+                "fetched": engine.chunks.stats["fetched_bytes"] - before}
+
+    async def pin_quietly(self, mimei: str, all_versions: bool, prefer: str | None) -> None:
+        """:meth:`pin` for a peer's request: failures are logged, never raised."""
+        try:
+            await self.pin(mimei, all_versions, prefer)
+            log.info("pinned %s at a peer's request", mimei[:12])
+        except (FetchError, EngineError) as e:
+            log.warning("pin of %s for %s failed: %s", mimei[:12], (prefer or "")[:12], e)
+
+    def _fetch_version(self, rec: dict) -> None:
+        """Fetch everything of one version (blocking; a worker thread)."""
+        engine = self.node.engine
+        root = bytes.fromhex(rec["root"])
+        if rec["kind"] != "fs":
+            engine.chunks.ensure([("manifest", root)])
+            return
+        engine.ensure_trees(root)
+        files, stack, seen = [], [root], set()
+        while stack:
+            h = stack.pop()
+            if h in seen:
+                continue
+            seen.add(h)
+            for e in engine.chunks.tree(h).entries:
+                if e.is_dir:
+                    stack.append(e.hash)
+                elif e.is_file and e.hash:
+                    files.append(("manifest", e.hash))
+        files = list(dict.fromkeys(files))
+        for i in range(0, len(files), 4096):
+            engine.chunks.ensure(files[i:i + 4096])
