@@ -131,15 +131,20 @@ class _Main(click.Group):
     use: no engine command needs them, and their imports cost ~40 ms per command."""
 
     _LAZY = ("credit", "ledger")
+    _LAZY_NET = ("pin", "unpin", "replicate", "peers", "providers", "net")
 
     def list_commands(self, ctx):
-        return sorted(set(super().list_commands(ctx)) | set(self._LAZY))
+        return sorted(set(super().list_commands(ctx)) | set(self._LAZY) | set(self._LAZY_NET))
 
     def get_command(self, ctx, name):
         if name in self._LAZY and name not in self.commands:
             from .ledger.cli import credit, ledger
             self.add_command(ledger)
             self.add_command(credit)
+        if name in self._LAZY_NET and name not in self.commands:
+            from .net.cli import COMMANDS
+            for c in COMMANDS:
+                self.add_command(c)
         return super().get_command(ctx, name)
 
 

@@ -5,9 +5,13 @@ are cut into batches of ``want_batch`` and all batches are sent at once, spread 
 to four providers (many wants in flight on each stream). Providers come from the DHT for
 the MiMei being read (the engine's wants name no MiMei, so the providers of the MiMei
 most recently looked up are asked first, then every connected peer: Bitswap's broadcast
-to connected peers). Every block is verified (``verify.py``) before the engine sees it;
-a peer whose answer holds one bad block has its whole answer dropped and is not asked
-again for ``bad_peer_for`` seconds; what is still missing goes to the next provider.
+to connected peers). Each peer's answer is verified and stored as it arrives through the
+engine's ``chunks.accept`` (so a bad block is pinned on the peer that sent it, and
+storing overlaps the transfer of the other answers); the fetcher then hands the engine
+only the manifests (verified by the engine against their chunks) — the contract allows
+fewer blocks than asked, and the engine finds the rest stored. A peer whose answer holds
+one bad block has its whole answer dropped and is not asked again for ``bad_peer_for``
+seconds; what is still missing goes to the next provider.
 
 Records (:meth:`Client.fetch_mimei`): the newest signed version record in the DHT and
 the records of up to four providers; each set is verified (``engine.remote
@@ -104,7 +108,7 @@ class Client:
             for peer, blocks in answers:
                 for blk in blocks:
                     new = [w for w in verify.covers(blk) if w in need]
-                    if new:
+                    if new and blk[0] == "manifest":
                         out.append(blk)
                     for w in new:
                         need.pop(w, None)
@@ -120,15 +124,29 @@ class Client:
         except RemoteError as e:
             self._remote_error(pid, e)
             return
-        except (OSError, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError, Exception) as e:
+        except Exception as e:  # unreachable, timed out, connection lost
             log.info("want from %s failed: %s", pid[:12], e)
             return
         try:
-            good = await trio.to_thread.run_sync(lambda: [verify.check_block(x) for x in blocks])
-        except verify.BadBlock as e:
+            good = await trio.to_thread.run_sync(self._absorb, blocks)
+        except (verify.BadBlock, Corrupt) as e:
             self.node.mark_bad(pid, f"served a bad block: {e}")
             return
         answers.append((pid, good))
+
+    def _absorb(self, blocks: list) -> list[tuple]:
+        """Verify one peer's answer and store its chunks, packs and trees at once
+        (``chunks.accept``: one verification, and storing overlaps the other answers
+        still on the wire); manifests are only checked for shape here and returned, since
+        the engine verifies them with their chunks. Returns the blocks as verified
+        tuples, the stored ones with their payload dropped. Raises BadBlock / Corrupt
+        (nothing of the answer is kept)."""
+        checked = [verify.check_shape(b) for b in blocks]
+        rest = [b for b in checked if b[0] != "manifest"]
+        if rest:
+            self.node.engine.chunks.accept(rest)
+            self.node.fetched_bytes += sum(len(b[2]) for b in rest)
+        return [b if b[0] == "manifest" else (b[0], b[1], b"", b[3] if b[0] == "pack" else None) for b in checked]
 
     def _remote_error(self, pid: str, e: RemoteError) -> None:
         if e.code == E_CREDIT:
@@ -206,12 +224,12 @@ class Client:
         versions = await trio.to_thread.run_sync(engine.versions, mimei)
         if not all_versions:
             versions = versions[-1:]
-        before = engine.chunks.stats["fetched_bytes"]
+        before = node.fetched_bytes
         for v in versions:
             await trio.to_thread.run_sync(self._fetch_version, v)
         node.pinned_changed(mimei)
         return {"mimei": mimei, "versions": [v["n"] for v in versions],
-                "fetched": engine.chunks.stats["fetched_bytes"] - before}
+                "fetched": node.fetched_bytes - before}
 
     async def pin_quietly(self, mimei: str, all_versions: bool, prefer: str | None) -> None:
         """:meth:`pin` for a peer's request: failures are logged, never raised."""

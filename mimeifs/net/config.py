@@ -52,7 +52,7 @@ class NetConfig:
     iou_every: int = 4 << 20
     max_frame: int = MAX_FRAME
     max_inflight: int = 64
-    want_batch: int = 32
+    want_batch: int = 128
     request_timeout: float = 30.0
     accept_pins: bool = True
     min_free: int = 1 << 30

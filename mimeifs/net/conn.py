@@ -30,6 +30,7 @@ import trio
 
 from ..ids import NodeKey
 from . import tlsid
+from .tlsstream import TLSStream
 from .wire import (E_BUSY, E_INTERNAL, E_MALFORMED, MAX_FRAME, REPLIES, FrameReader, ProtocolError,
                    RemoteError, encode)
 
@@ -266,7 +267,7 @@ async def dial(host: str, port: int, key: NodeKey, ctx, expected: str | None = N
     trio.TooSlowError, tlsid.PeerIdentityError, RemoteError, ProtocolError."""
     with trio.fail_after(timeout):
         tcp = await trio.open_tcp_stream(host, port)
-        s = trio.SSLStream(tcp, ctx, server_hostname=None, https_compatible=False)
+        s = TLSStream(tcp, ctx, server_side=False)
         try:
             await s.do_handshake()
             pid = tlsid.peer_id_of_cert(s.getpeercert(binary_form=True))
@@ -297,7 +298,7 @@ async def dial(host: str, port: int, key: NodeKey, ctx, expected: str | None = N
 async def accept(tcp, key: NodeKey, ctx, timeout: float = HANDSHAKE_TIMEOUT, **kw) -> Connection:
     """Run the server side of the handshake on an accepted TCP stream. Raises like
     :func:`dial`; the caller closes nothing (the stream is closed on failure)."""
-    s = trio.SSLStream(tcp, ctx, server_side=True, https_compatible=False)
+    s = TLSStream(tcp, ctx, server_side=True)
     try:
         with trio.fail_after(timeout):
             await s.do_handshake()

@@ -95,6 +95,7 @@ class NetNode:
         self.forbidden: dict[str, str] = {}
         self.received: Counter = Counter()       # lender -> bytes not yet in an IOU
         self.closed_bytes = Counter()
+        self.fetched_bytes = 0
         self.replicas: dict[str, dict] = {}
         self.announced: dict[str, float] = {}
         self.published_version: dict[str, int] = {}
@@ -444,7 +445,8 @@ class NetNode:
             "bytes_in": self.closed_bytes["in"] + sum(c.bytes_in for c in live),
             "bytes_out": self.closed_bytes["out"] + sum(c.bytes_out for c in live),
             "served": dict(self.meter.served),
-            "cache": {"store_bytes": st.st_blocks * 512, **self.engine.chunks.stats},
+            "cache": {"store_bytes": st.st_blocks * 512, "fetched_bytes": self.fetched_bytes,
+                      "refused": self.engine.chunks.stats.get("refused", 0)},
             "refused": self.meter.refusals,
             "refused_by": self.refused_by,
             "forbidden": self.forbidden,

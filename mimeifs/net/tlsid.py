@@ -5,7 +5,7 @@ ed25519 key (the store's ``node.key`` seed, :class:`mimeifs.ids.NodeKey`); the p
 node ID is derived from that certificate's public key exactly as every ID is
 (:func:`mimeifs.ids.id_of_public_key`), so a certificate names a node and nothing else.
 Certificates are made with ``cryptography``; the handshake is Python's ``ssl``
-(OpenSSL) through ``trio.SSLStream``. No cryptography is home-made.
+(OpenSSL) over ``ssl.MemoryBIO`` (``tlsstream.py``). No cryptography is home-made.
 
 Why this is sound although Python's ``ssl`` has no custom verify callback:
 

@@ -92,6 +92,26 @@ def check_block(b) -> tuple:
     raise BadBlock(f"malformed {kind} block")
 
 
+def check_shape(b) -> tuple:
+    """A block off the wire as an engine tuple, checking only its shape (kinds, key
+    and payload types); a manifest is checked as :func:`check_block` does. The hashes
+    are checked by ``ChunkStore.accept``. Raises :class:`BadBlock`."""
+    if not isinstance(b, (list, tuple)) or not b:
+        raise BadBlock("not a block")
+    kind = b[0]
+    if kind == "manifest":
+        return check_block(b)
+    if kind in ("chunk", "tree") and len(b) == 3:
+        return (kind, _b(b[1], 32), _b(b[2]))
+    if kind == "pack" and len(b) == 4 and isinstance(b[3], list):
+        for m in b[3]:
+            if not (isinstance(m, (list, tuple)) and len(m) == 3 and isinstance(m[1], int) and isinstance(m[2], int)):
+                raise BadBlock("malformed pack member")
+            _b(m[0], 32)
+        return ("pack", _b(b[1], 32), _b(b[2]), [(bytes(m[0]), m[1], m[2]) for m in b[3]])
+    raise BadBlock(f"malformed {kind!r} block")
+
+
 def covers(block: tuple) -> list[tuple[str, bytes]]:
     """The wants a verified block satisfies: a pack covers each member chunk."""
     if block[0] == "pack":

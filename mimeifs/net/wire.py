@@ -3,7 +3,8 @@
 A frame is a 4-byte big-endian length ``N`` (``0 < N <= max_frame``) followed by ``N``
 bytes of msgpack: one map, string keys. A length past the limit is refused *before* its
 body is read; the body is decoded with every msgpack size cap set to the frame limit
-(msgpack's defaults are 100 MiB), so a peer cannot make this node allocate more than one
+(msgpack's defaults are 100 MiB; ``unpackb`` of one length-checked frame is the
+streaming decoder here: the length prefix bounds what is buffered), so a peer cannot make this node allocate more than one
 frame's worth. Anything that is not a map with a known ``t`` is malformed.
 
 Messages (``t``; ``id`` = request ID chosen by the sender of a request, unique per
@@ -84,20 +85,12 @@ def encode(msg: dict, max_frame: int = MAX_FRAME) -> bytes:
 
 def decode_body(body: bytes, max_frame: int = MAX_FRAME) -> dict:
     """Decode one frame body with every msgpack cap set. Raises ProtocolError."""
-    u = msgpack.Unpacker(raw=False, strict_map_key=True, use_list=True,
-                         max_buffer_size=max(max_frame, 1), max_str_len=max_frame,
-                         max_bin_len=max_frame, max_array_len=max_frame, max_map_len=max_frame,
-                         max_ext_len=0)
     try:
-        u.feed(body)
-        msg = u.unpack()
-        u.unpack()  # must be the end of the frame
-    except msgpack.OutOfData:
-        pass
-    except Exception as e:  # msgpack raises several types (ValueError, StackError, ...)
+        msg = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True,
+                              max_str_len=max_frame, max_bin_len=max_frame, max_array_len=max_frame,
+                              max_map_len=max_frame, max_ext_len=0)
+    except Exception as e:  # msgpack raises several types (ValueError, ExtraData, StackError...)
         raise ProtocolError(E_MALFORMED, f"undecodable frame: {type(e).__name__}") from e
-    else:
-        raise ProtocolError(E_MALFORMED, "more than one object in a frame")
     if not isinstance(msg, dict) or not isinstance(msg.get("t"), str):
         raise ProtocolError(E_MALFORMED, "a frame is a map with a string 't'")
     t = msg["t"]
@@ -123,7 +116,7 @@ class FrameReader:
 
     async def _fill(self, n: int) -> bool:
         while len(self.buf) < n:
-            data = await self.stream.receive_some(max(65536, min(n - len(self.buf), 1 << 20)))
+            data = await self.stream.receive_some(max(n - len(self.buf), 1 << 18))
             if not data:
                 return False
             self.bytes_in += len(data)
@@ -131,6 +124,9 @@ class FrameReader:
         return True
 
     async def next(self) -> dict | None:
+        read_exact = getattr(self.stream, "read_exact", None)
+        if read_exact is not None and not self.buf:
+            return await self._next_exact(read_exact)
         if not await self._fill(4):
             if self.buf:
                 raise ProtocolError(E_MALFORMED, "stream ended inside a frame length")
@@ -142,5 +138,20 @@ class FrameReader:
             raise ProtocolError(E_MALFORMED, "stream ended inside a frame")
         body = bytes(self.buf[4:4 + n])
         del self.buf[:4 + n]
+        self.last_size = 4 + n
+        return decode_body(body, self.max_frame)
+
+    async def _next_exact(self, read_exact) -> dict | None:
+        """The same, decrypting each part straight into its buffer (``TLSStream``)."""
+        hdr = await read_exact(4)  # a broken stream raises trio.BrokenResourceError
+        if hdr is None:
+            return None
+        (n,) = _LEN.unpack_from(hdr)
+        if n == 0 or n > self.max_frame:
+            raise ProtocolError(E_TOO_LARGE, f"frame of {n} bytes refused (limit {self.max_frame})")
+        body = await read_exact(n)
+        if body is None:
+            raise ProtocolError(E_MALFORMED, "stream ended after a frame length")
+        self.bytes_in += 4 + n
         self.last_size = 4 + n
         return decode_body(body, self.max_frame)
