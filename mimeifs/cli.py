@@ -236,6 +236,56 @@ def mount(ctx, mountpoint, foreground, allow_other, debug, busy_poll_us, dir_rea
 
 
 @main.command()
+@click.option("--foreground", "-f", is_flag=True, help="stay in the foreground, log to stderr")
+@click.option("--debug", is_flag=True, help="verbose logging")
+@click.pass_context
+def serve(ctx, foreground, debug):
+    """Run a headless node on the store (no FUSE mount): the services only.
+
+    Stop it with `mimeifs stop` (or SIGTERM)."""
+    from .daemon import DaemonConfig, StartError, start
+    from .fuse.mount import MountError, check_not_running
+    try:
+        check_not_running(ctx.obj["store_path"])
+        code = start(DaemonConfig(ctx.obj["store_path"], None, debug=debug), foreground)
+    except (MountError, StartError) as e:
+        raise _fail(str(e)) from None
+    if not foreground:
+        info = _daemon_info(ctx)
+        click.echo(f"serving {ctx.obj['store_path']} (pid {info['pid'] if info else '?'})")
+    sys.exit(code)
+
+
+def _daemon_info(ctx):
+    from .fuse.ctl import mount_info
+    return mount_info(ctx.obj["store_path"])
+
+
+@main.command()
+@click.option("--timeout", type=float, default=30.0, show_default=True, help="seconds to wait")
+@click.pass_context
+def stop(ctx, timeout):
+    """Stop the daemon serving the store (headless or mounted) and wait for it."""
+    import signal
+    info = _daemon_info(ctx)
+    if info is None:
+        raise _fail(f"no daemon serves {ctx.obj['store_path']}")
+    os.kill(info["pid"], signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(info["pid"], 0)
+        except OSError:
+            break
+        if _daemon_info(ctx) is None:
+            break
+        time.sleep(0.05)
+    else:
+        raise _fail(f"daemon {info['pid']} did not stop within {timeout:g} s")
+    click.echo(f"stopped daemon {info['pid']}")
+
+
+@main.command()
 @click.argument("mountpoint", type=click.Path())
 def umount(mountpoint):
     """Unmount MOUNTPOINT and wait for the daemon to finish."""

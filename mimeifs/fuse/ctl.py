@@ -22,14 +22,15 @@ PROGRESS = b"user.mimeifs.progress."
 
 
 def mount_info(store_path: str) -> dict | None:
-    """``{"pid", "mountpoint"}`` of the daemon serving this store, or None."""
+    """``{"pid", "mountpoint"}`` of the daemon serving this store, or None. A headless
+    daemon (``mimeifs serve``) has ``mountpoint`` None."""
     try:
         with open(os.path.join(store_path, "mount.json")) as f:
             info = json.load(f)
         os.kill(info["pid"], 0)
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-    if not os.path.ismount(info["mountpoint"]):
+    if info.get("mountpoint") is not None and not os.path.ismount(info["mountpoint"]):
         return None
     return info
 

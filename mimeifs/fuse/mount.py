@@ -1,28 +1,24 @@
-"""The mount daemon: open the store, mount with pyfuse3, serve on trio until unmounted.
+"""The FUSE door as a daemon service, and ``mimeifs mount`` / ``umount``.
 
-``mount()`` daemonizes by default (fork, setsid, log to ``<store>/mimeifs.log``) and
-returns in the parent only once the filesystem is mounted, or raises with the child's
-error. ``<store>/mount.json`` records ``{"pid", "mountpoint"}`` while it runs, so CLI
-commands find the daemon. Every 5 s (and on fsync) committed data is flushed to disk;
-on SIGTERM / SIGINT the daemon unmounts cleanly. A mountpoint left dead by a killed
-daemon ("Transport endpoint is not connected") is lazily unmounted first.
+:class:`FuseService` mounts the view with pyfuse3 and serves it on the daemon's trio
+loop (:mod:`mimeifs.daemon` composes it with the other services). :func:`mount` checks
+the mountpoint and starts the daemon (:func:`mimeifs.daemon.start`): it returns in the
+parent only once the filesystem is mounted, or raises with the child's error. A
+mountpoint left dead by a killed daemon ("Transport endpoint is not connected") is
+lazily unmounted first. On SIGTERM / SIGINT the daemon unmounts cleanly.
 """
 
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
-import signal
 import subprocess
-import sys
 
 import pyfuse3
 import trio
 
-from ..engine.db import Store
-from ..engine.mimei import Engine
+from ..daemon import DaemonConfig, StartError, start
 from .control import Controller
 from .ctl import mount_info
 from .loop import DEFAULT_BUSY_POLL_US, install as install_loop
@@ -30,7 +26,7 @@ from .ops import Operations
 
 log = logging.getLogger("mimeifs.mount")
 
-SYNC_EVERY = 5.0
+READ_AHEAD_KB = 1024
 
 
 class MountError(Exception):
@@ -51,9 +47,6 @@ def clear_stale(mountpoint: str) -> None:
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-READ_AHEAD_KB = 1024
-
-
 def raise_readahead(mountpoint: str, kb: int = READ_AHEAD_KB) -> bool:
     """Raise the mount's kernel readahead (``/sys/class/bdi/<dev>/read_ahead_kb``).
 
@@ -71,146 +64,106 @@ def raise_readahead(mountpoint: str, kb: int = READ_AHEAD_KB) -> bool:
         return False
 
 
-async def _serve(ops: Operations, store: Store, mountpoint: str) -> None:
-    async def tune():
+class FuseService:
+    """The mounted view: pyfuse3 on the daemon's trio loop (essential: when the
+    filesystem is unmounted, the daemon stops).
+
+    ``notify(fn, *args)`` runs ``await fn(*args)`` on the daemon's loop from any thread;
+    the service uses it to drop the kernel's caches of a MiMei whose records changed
+    from outside (a remote MiMei's newer version)."""
+
+    essential = True
+
+    def __init__(self, engine, view, mountpoint: str, allow_other: bool = False,
+                 debug: bool = False, busy_poll_us: int = DEFAULT_BUSY_POLL_US,
+                 dir_readahead: bool = True, notify=None):
+        self.mountpoint = os.path.abspath(mountpoint)
+        self.ops = Operations(engine, os.getuid(), view=view, ctrl_factory=Controller,
+                              dir_readahead=dir_readahead)
+        self.options = set(pyfuse3.default_options) | {
+            f"fsname=mimeifs:{engine.store.path}", "subtype=mimeifs"}
+        if allow_other:
+            self.options.add("allow_other")
+        if debug:
+            self.options.add("debug")
+        self.busy_poll_us = busy_poll_us
+        self.running = False
+        self._mounted = False
+        self.waiter = None
+        if notify is not None:
+            engine.subscribe(lambda mid: notify(self.ops.invalidate_all, mid))
+
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED):
+        pyfuse3.init(self.ops, self.mountpoint, self.options)
+        self._mounted = True
+        self.waiter = install_loop(self.busy_poll_us, idle=self.ops.prefetch)
+        self.running = True
+        log.info("mounted at %s", self.mountpoint)
+        task_status.started()
+        try:
+            async with trio.open_nursery() as n:
+                n.start_soon(self._tune)
+                await pyfuse3.main()
+                n.cancel_scope.cancel()
+        finally:
+            self.running = False
+
+    async def _tune(self):
         await trio.sleep(0.3)  # after the INIT handshake
-        if await trio.to_thread.run_sync(raise_readahead, mountpoint):
+        if await trio.to_thread.run_sync(raise_readahead, self.mountpoint):
             log.info("kernel readahead raised to %d KiB", READ_AHEAD_KB)
 
-    async def syncer():
-        while True:
-            await trio.sleep(SYNC_EVERY)
-            await trio.to_thread.run_sync(store.sync)
+    def stop(self) -> None:
+        if self.running:
+            pyfuse3.terminate()
 
-    async def signals():
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as it:
-            async for sig in it:
-                log.info("signal %d: unmounting", sig)
-                pyfuse3.terminate()
-                return
-
-    async with trio.open_nursery() as n:
-        n.start_soon(syncer)
-        n.start_soon(signals)
-        n.start_soon(tune)
-        await pyfuse3.main()
-        n.cancel_scope.cancel()
-
-
-def _run(store_path: str, mountpoint: str, allow_other: bool, debug: bool, ready_fd: int | None,
-         busy_poll_us: int = DEFAULT_BUSY_POLL_US, dir_readahead: bool = True) -> int:
-    def ready(msg: str) -> None:
-        if ready_fd is not None:
-            os.write(ready_fd, msg.encode()[:4000])
-            os.close(ready_fd)
-
-    try:
-        store = Store.open(store_path)
-        engine = Engine(store)
-        reaped = engine.wt.reap_orphans()
-        if reaped:
-            log.info("freed %d orphaned inodes left by an earlier run", reaped)
-        ops = Operations(engine, os.getuid())
-        ops.ctrl = Controller(ops)
-        ops.prefetch.enabled = dir_readahead
-        options = set(pyfuse3.default_options)
-        options |= {f"fsname=mimeifs:{store.path}", "subtype=mimeifs"}
-        if allow_other:
-            options.add("allow_other")
-        if debug:
-            options.add("debug")
-        pyfuse3.init(ops, mountpoint, options)
-    except Exception as e:
-        log.error("mount failed: %s", e)
-        ready(f"error: {e}")
-        return 1
-    info_path = os.path.join(store.path, "mount.json")
-    with open(info_path, "w") as f:
-        json.dump({"pid": os.getpid(), "mountpoint": os.path.abspath(mountpoint)}, f)
-    log.info("mounted %s at %s (pid %d)", store.path, mountpoint, os.getpid())
-    ready("ok")
-    code = 0
-    waiter = install_loop(busy_poll_us, idle=ops.prefetch)
-    try:
-        trio.run(_serve, ops, store, mountpoint)
-    except BaseException:
-        log.exception("daemon loop failed")
-        code = 1
-    finally:
-        log.info("requests: %(ready)d waiting, %(polled)d caught by busy-polling, "
-                 "%(parked)d after sleeping; %(steps)d idle steps", waiter.stats)
-        log.info("directory readahead: %(dirs)d directories, %(files)d files, %(bytes)d bytes "
-                 "pushed; queue full at %(dropped)d opens", ops.prefetch.stats)
-        try:
+    def close(self) -> None:
+        """Unmount (after the loop ended) and log the request loop's statistics."""
+        if self.waiter is not None:
+            log.info("requests: %(ready)d waiting, %(polled)d caught by busy-polling, "
+                     "%(parked)d after sleeping; %(steps)d idle steps", self.waiter.stats)
+            log.info("directory readahead: %(dirs)d directories, %(files)d files, %(bytes)d "
+                     "bytes pushed; queue full at %(dropped)d opens", self.ops.prefetch.stats)
+        if self._mounted:
+            self._mounted = False
             pyfuse3.close(unmount=True)
-        except Exception:
-            log.exception("close")
-        try:
-            os.unlink(info_path)
-        except OSError:
-            pass
-        store.close()
-        log.info("unmounted %s", mountpoint)
-    return code
+            log.info("unmounted %s", self.mountpoint)
 
 
 def mount(store_path: str, mountpoint: str, foreground: bool = False,
           allow_other: bool = False, debug: bool = False,
-          busy_poll_us: int = DEFAULT_BUSY_POLL_US, dir_readahead: bool = True) -> int:
+          busy_poll_us: int = DEFAULT_BUSY_POLL_US, dir_readahead: bool = True,
+          extra: dict | None = None) -> int:
     """Mount the store at ``mountpoint``. Foreground: serve until unmounted and return
     the exit code. Background: return 0 once mounted; raise :class:`MountError` else.
     ``busy_poll_us``: see :mod:`mimeifs.fuse.loop` (0 turns busy-polling off).
-    ``dir_readahead``: see :mod:`mimeifs.fuse.prefetch`."""
+    ``dir_readahead``: see :mod:`mimeifs.fuse.prefetch`. ``extra``: options of further
+    services (see :class:`mimeifs.daemon.DaemonConfig`)."""
     mountpoint = os.path.abspath(mountpoint)
     clear_stale(mountpoint)
     if not os.path.isdir(mountpoint):
         raise MountError(f"{mountpoint}: not a directory")
     if os.path.ismount(mountpoint):
         raise MountError(f"{mountpoint}: something is already mounted there")
+    check_not_running(store_path)
+    cfg = DaemonConfig(store_path, mountpoint, allow_other, debug, busy_poll_us, dir_readahead,
+                       dict(extra or {}))
+    try:
+        return start(cfg, foreground)
+    except StartError as e:
+        raise MountError(str(e)) from None
+
+
+def check_not_running(store_path: str) -> None:
+    """Raise :class:`MountError` if there is no store at ``store_path`` or a daemon
+    already serves it (mounted or headless)."""
     if not os.path.exists(os.path.join(store_path, "node.key")):
         raise MountError(f"no store at {store_path} (run: mimeifs --store {store_path} init)")
     running = mount_info(store_path)
     if running:
-        raise MountError(f"store {store_path} is already mounted at {running['mountpoint']} (pid {running['pid']})")
-    if foreground:
-        logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, stream=sys.stderr,
-                            format="%(asctime)s %(name)s %(levelname)s %(message)s")
-        return _run(store_path, mountpoint, allow_other, debug, None, busy_poll_us, dir_readahead)
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid:
-        os.close(w)
-        chunks = []
-        while True:
-            b = os.read(r, 4096)
-            if not b:
-                break
-            chunks.append(b)
-        os.close(r)
-        msg = b"".join(chunks).decode(errors="replace")
-        if msg != "ok":
-            os.waitpid(pid, 0)
-            raise MountError(msg.removeprefix("error: ") or "the daemon exited before mounting")
-        return 0
-    # child: the daemon
-    os.close(r)
-    try:
-        os.setsid()
-        logfile = os.path.join(store_path, "mimeifs.log")
-        fd = os.open(logfile, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        nul = os.open(os.devnull, os.O_RDWR)
-        os.dup2(nul, 0)
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        os.close(fd)
-        os.close(nul)
-        logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, stream=sys.stderr,
-                            format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s",
-                            force=True)
-        code = _run(store_path, mountpoint, allow_other, debug, w, busy_poll_us, dir_readahead)
-    except BaseException:
-        code = 1
-    os._exit(code)
+        where = running["mountpoint"]
+        raise MountError(f"store {store_path} is already "
+                         f"{'mounted at ' + where if where else 'served headless'} (pid {running['pid']})")
 
 
 def umount(mountpoint: str) -> None:

@@ -211,7 +211,7 @@ def test_version_entry_inode_numbers_follow_the_formula():
     """Listings number a version directory's entries with a prefix hash copied per
     name; the numbers must equal vino() over the whole name (the numbers lookups and
     earlier mounts gave), which is blake3 over the length-prefixed parts."""
-    from mimeifs.fuse.ops import VNode, _ver_inos, vino
+    from mimeifs.view.nodes import Node as VNode, ver_inos as _ver_inos, vino
 
     d = VNode("ver", "ab" * 20, 3)
     ino_of = _ver_inos(d, 12345)
