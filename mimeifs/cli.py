@@ -221,13 +221,16 @@ def info(ctx, spec):
               help="poll /dev/fuse this long after each request before sleeping (0: never)")
 @click.option("--dir-readahead/--no-dir-readahead", default=True, show_default=True,
               help="on opening a version file, push its small siblings into the page cache")
+@click.option("--listen", metavar="HOST:PORT", help="run the network node: TCP stream and UDP DHT on this address (default: none, no port opens; or [net] listen in <store>/config.toml)")
+@click.option("--peer", "peers", metavar="HOST:PORT", multiple=True, help="a node to connect to and join the DHT through (repeatable)")
 @click.pass_context
-def mount(ctx, mountpoint, foreground, allow_other, debug, busy_poll_us, dir_readahead):
+def mount(ctx, mountpoint, foreground, allow_other, debug, busy_poll_us, dir_readahead, listen, peers):
     """Mount the store at MOUNTPOINT (a daemon unless --foreground)."""
     from .fuse.mount import MountError, mount as do_mount
     try:
         code = do_mount(ctx.obj["store_path"], mountpoint, foreground, allow_other, debug,
-                        busy_poll_us=busy_poll_us, dir_readahead=dir_readahead)
+                        busy_poll_us=busy_poll_us, dir_readahead=dir_readahead,
+                        extra={"net": {"listen": listen, "peers": list(peers)}})
     except MountError as e:
         raise _fail(str(e)) from None
     if not foreground:
@@ -238,8 +241,10 @@ def mount(ctx, mountpoint, foreground, allow_other, debug, busy_poll_us, dir_rea
 @main.command()
 @click.option("--foreground", "-f", is_flag=True, help="stay in the foreground, log to stderr")
 @click.option("--debug", is_flag=True, help="verbose logging")
+@click.option("--listen", metavar="HOST:PORT", help="run the network node: TCP stream and UDP DHT on this address (default: none, no port opens; or [net] listen in <store>/config.toml)")
+@click.option("--peer", "peers", metavar="HOST:PORT", multiple=True, help="a node to connect to and join the DHT through (repeatable)")
 @click.pass_context
-def serve(ctx, foreground, debug):
+def serve(ctx, foreground, debug, listen, peers):
     """Run a headless node on the store (no FUSE mount): the services only.
 
     Stop it with `mimeifs stop` (or SIGTERM)."""
@@ -247,7 +252,8 @@ def serve(ctx, foreground, debug):
     from .fuse.mount import MountError, check_not_running
     try:
         check_not_running(ctx.obj["store_path"])
-        code = start(DaemonConfig(ctx.obj["store_path"], None, debug=debug), foreground)
+        code = start(DaemonConfig(ctx.obj["store_path"], None, debug=debug,
+                                  extra={"net": {"listen": listen, "peers": list(peers)}}), foreground)
     except (MountError, StartError) as e:
         raise _fail(str(e)) from None
     if not foreground:

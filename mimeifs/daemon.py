@@ -110,7 +110,11 @@ class Daemon:
     def __init__(self, cfg: DaemonConfig):
         self.cfg = cfg
         self.store = Store.open(cfg.store_path)
+        self.net_config = net_config(cfg)
         self.fetcher = None
+        if self.net_config is not None:
+            from .net.node import NetFetcher
+            self.fetcher = NetFetcher()
         self.engine = Engine(self.store, fetcher=self.fetcher)
         reaped = self.engine.wt.reap_orphans()
         if reaped:
@@ -233,7 +237,21 @@ def build_services(d: Daemon) -> list:
         services.append(FuseService(d.engine, d.view, cfg.mountpoint, allow_other=cfg.allow_other,
                                     debug=cfg.debug, busy_poll_us=cfg.busy_poll_us,
                                     dir_readahead=cfg.dir_readahead, notify=d.notify))
+    if d.net_config is not None:
+        from .net.node import NetNode
+        services.append(NetNode(d.store, d.net_config, d.engine, fetcher=d.fetcher))
     return services
+
+
+def net_config(cfg: DaemonConfig):
+    """The network node's settings (``mimeifs/net/config.py``): the store's
+    ``config.toml`` ``[net]`` under ``cfg.extra["net"]`` (``listen``, ``peers`` from the
+    command line); None when neither listens nor names a peer (then no network runs and
+    no port opens). Raises ``net.config.ConfigError``."""
+    from .net.config import load
+    opts = cfg.extra.get("net") or {}
+    c = load(cfg.store_path, listen=opts.get("listen"), peers=list(opts.get("peers") or []) or None)
+    return c if (c.listen or c.peers) else None
 
 
 class StartError(Exception):

@@ -49,7 +49,8 @@ class Client:
 
     # ------------------------------------------------------------------ providers
     async def providers(self, mimei: str, fresh: bool = False) -> list[tuple[str, tuple]]:
-        """[(node ID, (host, port))] of ``mimei`` from the DHT (cached 10 s)."""
+        """[(node ID, (host, port))] of ``mimei`` from the DHT (cached 10 s; this node
+        included if it provides)."""
         node = self.node
         if node.dht is None:
             return []
@@ -61,7 +62,7 @@ class Client:
         except Exception as e:  # a DHT failure is a miss, never a crash
             log.info("provider lookup of %s failed: %s", mimei[:12], e)
             recs = []
-        got = [(r["node"], tuple(r["addr"])) for r in recs if r["node"] != node.id]
+        got = [(r["node"], tuple(r["addr"])) for r in recs]
         self._prov[mimei] = (time.monotonic(), got)
         return got
 

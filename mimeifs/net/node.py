@@ -3,10 +3,9 @@ runs the DHT, serves peers, fetches for the engine, follows and announces MiMei.
 
 Composition (``mimeifs/daemon.py``)::
 
-    node = NetNode(store, config)          # config: net/config.py
-    engine = Engine(store, fetcher=node.fetcher)
-    node.attach(engine)
-    services.append(node)                  # run in the daemon's trio nursery
+    fetcher = NetFetcher()
+    engine = Engine(store, fetcher=fetcher)
+    services.append(NetNode(store, config, engine, fetcher))   # config: net/config.py
 
 Without ``config.listen`` no port is opened: no TCP listener and no DHT; the node can
 still dial ``config.peers`` and fetch from them. With it, TCP (the stream protocol) and
@@ -52,14 +51,15 @@ log = logging.getLogger("mimeifs.net")
 
 class NetFetcher:
     """The engine's fetcher (``engine/fetch.py``): blocking calls from worker threads,
-    run on the node's trio loop."""
+    run on the node's trio loop. Made before the engine; the :class:`NetNode` built
+    with it binds itself as ``node``."""
 
-    def __init__(self, node: "NetNode"):
+    def __init__(self, node: "NetNode | None" = None):
         self.node = node
 
     def _call(self, fn, *args):
         from ..engine.fetch import FetchError
-        if self.node.token is None:
+        if self.node is None or self.node.token is None:
             raise FetchError("the network node is not running")
         try:
             return trio.from_thread.run(fn, *args, trio_token=self.node.token)
@@ -75,16 +75,21 @@ class NetFetcher:
 
 class NetNode:
     """One node on the network (see the module docstring). ``store``: an open Store;
-    ``config``: a :class:`NetConfig`. Call :meth:`attach` with the engine before
-    :meth:`run`."""
+    ``config``: a :class:`NetConfig`; ``engine``: the engine it serves from (or later
+    through :meth:`attach`); ``fetcher``: the :class:`NetFetcher` the engine was made
+    with (one is made if None). A daemon service: not essential (the daemon goes on
+    without the network if it fails)."""
 
-    def __init__(self, store, config: NetConfig | None = None, engine=None):
+    essential = False
+
+    def __init__(self, store, config: NetConfig | None = None, engine=None, fetcher: NetFetcher | None = None):
         self.store, self.cfg, self.engine = store, config or NetConfig(), engine
         self.key = store.key
         self.id = store.key.id
         self.book = CreditBook(store)
         self.meter = Meter(self.book, self.cfg.default_credit, self.cfg.metering)
-        self.fetcher = NetFetcher(self)
+        self.fetcher = fetcher or NetFetcher()
+        self.fetcher.node = self
         self.client = Client(self)
         self.serving = Serving(self)
         self.conns: dict[str, C.Connection] = {}
@@ -391,6 +396,8 @@ class NetNode:
         entry["copies"] = copies
         holders = []
         for pid, addr in await self.client.providers(mimei, fresh=True):
+            if pid == self.id:
+                continue
             try:
                 c = await self.connect(pid, addr)
                 await c.request("ping", timeout=3)
