@@ -32,6 +32,7 @@ from __future__ import annotations
 import struct
 
 import msgpack
+import trio
 
 #: Largest frame accepted or sent (bytes after the length prefix). A pack is ~1 MiB
 #: uncompressed (blocks.PACK_TARGET) plus at most one 256 KiB chunk.
@@ -103,12 +104,15 @@ def decode_body(body: bytes, max_frame: int = MAX_FRAME) -> dict:
 
 
 class FrameReader:
-    """Reads frames from a trio stream (``receive_some``). ``await next()`` returns a
-    decoded message, or None at a clean end of stream. Raises ProtocolError for an
-    oversize length (before reading the body), a truncated frame, or a malformed body."""
+    """Reads frames from a trio stream (``receive_some``, or ``read_exact`` of
+    ``tlsstream.TLSStream``). ``await next()`` returns a decoded message, or None at a
+    clean end of stream. Raises ProtocolError for an oversize length (before reading the
+    body), a truncated frame, a body not completed within ``frame_timeout`` seconds of
+    its length (a peer that stalls mid-frame), or a malformed body."""
 
-    def __init__(self, stream, max_frame: int = MAX_FRAME):
+    def __init__(self, stream, max_frame: int = MAX_FRAME, frame_timeout: float = 60.0):
         self.stream = stream
+        self.frame_timeout = frame_timeout
         self.max_frame = max_frame
         self.buf = bytearray()
         self.bytes_in = 0
@@ -149,7 +153,12 @@ class FrameReader:
         (n,) = _LEN.unpack_from(hdr)
         if n == 0 or n > self.max_frame:
             raise ProtocolError(E_TOO_LARGE, f"frame of {n} bytes refused (limit {self.max_frame})")
-        body = await read_exact(n)
+        try:
+            with trio.fail_after(self.frame_timeout):
+                body = await read_exact(n)
+        except trio.TooSlowError:
+            raise ProtocolError(E_MALFORMED, f"a frame of {n} bytes not completed within "
+                                             f"{self.frame_timeout:g} s") from None
         if body is None:
             raise ProtocolError(E_MALFORMED, "stream ended after a frame length")
         self.bytes_in += 4 + n

@@ -10,6 +10,8 @@ from mimeifs.engine.errors import ChunkMissing, EngineError
 from mimeifs.net import wire
 from mimeifs.net.serve import Serving
 
+pytestmark = pytest.mark.timeout(180)
+
 from .conftest import author_tree, make_node, read_version, sample_files, write_files
 
 

@@ -11,6 +11,8 @@ import threading
 
 import pytest
 
+pytestmark = pytest.mark.timeout(240)
+
 from .procs import Node, wait_for
 
 if not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None:
