@@ -46,6 +46,7 @@ class Client:
         self.node = node
         self.recent: dict[str, float] = {}          # MiMei -> last use (providers asked first)
         self._prov: dict[str, tuple[float, list]] = {}
+        self.inflight: dict[tuple, trio.Event] = {}
 
     # ------------------------------------------------------------------ providers
     async def providers(self, mimei: str, fresh: bool = False) -> list[tuple[str, tuple]]:
@@ -88,8 +89,33 @@ class Client:
 
     # ------------------------------------------------------------------ blocks
     async def fetch_objects(self, wants: list) -> list[tuple]:
-        """Verified blocks for ``wants`` ([(kind, key)]); may be fewer than asked."""
-        need = dict.fromkeys((k, bytes(h)) for k, h in wants)
+        """Verified blocks for ``wants`` ([(kind, key)]); may be fewer than asked.
+        A want another call is already fetching is not asked twice: this call waits for
+        that one (the kernel sends several reads of one file at once, and each miss
+        asks for the same read-ahead window)."""
+        mine, waits = [], []
+        for k, h in wants:
+            w = (k, bytes(h))
+            ev = self.inflight.get(w)
+            if k == "manifest":  # returned to the engine, which stores it: never shared
+                mine.append(w)
+            elif ev is None:
+                self.inflight[w] = trio.Event()
+                mine.append(w)
+            else:
+                waits.append(ev)
+        try:
+            out = await self._fetch_objects(mine) if mine else []
+        finally:
+            for w in mine:
+                if w[0] != "manifest":
+                    self.inflight.pop(w).set()
+        for ev in waits:
+            await ev.wait()
+        return out
+
+    async def _fetch_objects(self, wants: list) -> list[tuple]:
+        need = dict.fromkeys(wants)
         out: list[tuple] = []
         tried: set[str] = set()
         for _round in range(6):
@@ -114,7 +140,8 @@ class Client:
                     for w in new:
                         need.pop(w, None)
                         progress.add(peer)
-            tried.update(p for p, _ in peers if p not in progress)
+            asked = {peers[i % len(peers)][0] for i in range(len(batches))}
+            tried.update(p for p in asked if p not in progress)
         return out
 
     async def _ask(self, peer: tuple, batch: list, answers: list) -> None:
