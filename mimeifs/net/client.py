@@ -37,6 +37,11 @@ from .wire import E_BUSY, E_CREDIT, E_FORBIDDEN, RemoteError
 log = logging.getLogger("mimeifs.net")
 
 PROVIDER_CACHE = 10.0
+#: A manifest of at least this many chunks has its chunks fetched ahead of the engine,
+#: PREFETCH_WINDOW wants per request round, PREFETCH_PARALLEL rounds at once.
+PREFETCH_MIN_CHUNKS = 64
+PREFETCH_WINDOW = 256
+PREFETCH_PARALLEL = 3
 
 
 class Client:
@@ -47,6 +52,7 @@ class Client:
         self.recent: dict[str, float] = {}          # MiMei -> last use (providers asked first)
         self._prov: dict[str, tuple[float, list]] = {}
         self.inflight: dict[tuple, trio.Event] = {}
+        self._prefetch_slots = trio.Semaphore(PREFETCH_PARALLEL)
 
     # ------------------------------------------------------------------ providers
     async def providers(self, mimei: str, fresh: bool = False) -> list[tuple[str, tuple]]:
@@ -137,12 +143,44 @@ class Client:
                     new = [w for w in verify.covers(blk) if w in need]
                     if new and blk[0] == "manifest":
                         out.append(blk)
+                        self._prefetch_soon(blk)
                     for w in new:
                         need.pop(w, None)
                         progress.add(peer)
             asked = {peers[i % len(peers)][0] for i in range(len(batches))}
             tried.update(p for p in asked if p not in progress)
         return out
+
+    def _prefetch_soon(self, blk: tuple) -> None:
+        """Start fetching a big manifest's chunks in the background. The engine verifies
+        a manifest against all its chunks and asks for them batch after batch, storing
+        each before asking the next; fetching them ahead overlaps those rounds (its
+        requests then wait on these wants instead of asking again)."""
+        m = blk[2]
+        if len(m) < 1 + 12 + PREFETCH_MIN_CHUNKS * 36 or self.node.nursery is None:
+            return
+        count = int.from_bytes(m[9:13], "big")
+        chunks = [bytes(m[13 + i * 36:13 + i * 36 + 32]) for i in range(count)]
+        self.node.nursery.start_soon(self._prefetch, chunks)
+
+    async def _prefetch(self, chunks: list[bytes]) -> None:
+        has = self.node.engine.chunks.has
+        async with trio.open_nursery() as n:
+            for i in range(0, len(chunks), PREFETCH_WINDOW):
+                part = [("chunk", c) for c in chunks[i:i + PREFETCH_WINDOW]]
+                part = await trio.to_thread.run_sync(lambda: [w for w in part if not has(*w)])
+                part = [w for w in part if w not in self.inflight]
+                if part:
+                    await self._prefetch_slots.acquire()
+                    n.start_soon(self._prefetch_one, part)
+
+    async def _prefetch_one(self, part: list) -> None:
+        try:
+            await self.fetch_objects(part)
+        except Exception as e:  # a hint only: the engine asks again for what is missing
+            log.info("prefetch failed: %s", e)
+        finally:
+            self._prefetch_slots.release()
 
     async def _ask(self, peer: tuple, batch: list, answers: list) -> None:
         pid, addr = peer
