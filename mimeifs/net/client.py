@@ -27,7 +27,7 @@ import time
 
 import trio
 
-from ..engine import remote
+from ..engine import blocks, objects, remote
 from ..engine.errors import Corrupt, EngineError
 from ..engine.fetch import FetchError
 from . import verify
@@ -42,6 +42,10 @@ PROVIDER_CACHE = 10.0
 PREFETCH_MIN_CHUNKS = 64
 PREFETCH_WINDOW = 256
 PREFETCH_PARALLEL = 3
+#: Pinning: manifests per batch, chunk wants per request round, rounds at once.
+PIN_MANIFESTS = 2048
+PIN_WINDOW = 512
+PIN_PARALLEL = 4
 
 
 class Client:
@@ -53,6 +57,7 @@ class Client:
         self._prov: dict[str, tuple[float, list]] = {}
         self.inflight: dict[tuple, trio.Event] = {}
         self._prefetch_slots = trio.Semaphore(PREFETCH_PARALLEL)
+        self._tree_prefetch_busy = 0
 
     # ------------------------------------------------------------------ providers
     async def providers(self, mimei: str, fresh: bool = False) -> list[tuple[str, tuple]]:
@@ -94,7 +99,7 @@ class Client:
         return res
 
     # ------------------------------------------------------------------ blocks
-    async def fetch_objects(self, wants: list) -> list[tuple]:
+    async def fetch_objects(self, wants: list, ahead: bool = True) -> list[tuple]:
         """Verified blocks for ``wants`` ([(kind, key)]); may be fewer than asked.
         A want another call is already fetching is not asked twice: this call waits for
         that one (the kernel sends several reads of one file at once, and each miss
@@ -111,7 +116,7 @@ class Client:
             else:
                 waits.append(ev)
         try:
-            out = await self._fetch_objects(mine) if mine else []
+            out = await self._fetch_objects(mine, ahead) if mine else []
         finally:
             for w in mine:
                 if w[0] != "manifest":
@@ -120,7 +125,7 @@ class Client:
             await ev.wait()
         return out
 
-    async def _fetch_objects(self, wants: list) -> list[tuple]:
+    async def _fetch_objects(self, wants: list, ahead: bool) -> list[tuple]:
         need = dict.fromkeys(wants)
         out: list[tuple] = []
         tried: set[str] = set()
@@ -143,7 +148,10 @@ class Client:
                     new = [w for w in verify.covers(blk) if w in need]
                     if new and blk[0] == "manifest":
                         out.append(blk)
-                        self._prefetch_soon(blk)
+                        if ahead:
+                            self._prefetch_soon(blk)
+                    elif new and blk[0] == "tree" and ahead and blk[3]:
+                        self.node.nursery.start_soon(self._prefetch_trees, blk[3])
                     for w in new:
                         need.pop(w, None)
                         progress.add(peer)
@@ -176,7 +184,7 @@ class Client:
 
     async def _prefetch_one(self, part: list) -> None:
         try:
-            await self.fetch_objects(part)
+            await self.fetch_objects(part, ahead=False)
         except Exception as e:  # a hint only: the engine asks again for what is missing
             log.info("prefetch failed: %s", e)
         finally:
@@ -200,19 +208,62 @@ class Client:
             return
         answers.append((pid, good))
 
-    def _absorb(self, blocks: list) -> list[tuple]:
+    def _absorb(self, received: list) -> list[tuple]:
         """Verify one peer's answer and store its chunks, packs and trees at once
         (``chunks.accept``: one verification, and storing overlaps the other answers
         still on the wire); manifests are only checked for shape here and returned, since
         the engine verifies them with their chunks. Returns the blocks as verified
         tuples, the stored ones with their payload dropped. Raises BadBlock / Corrupt
         (nothing of the answer is kept)."""
-        checked = [verify.check_shape(b) for b in blocks]
+        checked = [verify.check_shape(b) for b in received]
         rest = [b for b in checked if b[0] != "manifest"]
         if rest:
             self.node.engine.chunks.accept(rest)
             self.node.fetched_bytes += sum(len(b[2]) for b in rest)
-        return [b if b[0] == "manifest" else (b[0], b[1], b"", b[3] if b[0] == "pack" else None) for b in checked]
+        out = []
+        for b in checked:
+            if b[0] == "manifest":
+                out.append(b)
+            elif b[0] == "tree":  # its subdirectories, for the tree prefetch
+                t = objects.decode_tree(b[1], blocks.decode_chunk(b[2]))
+                out.append(("tree", b[1], b"", [e.hash for e in t.entries if e.is_dir]))
+            else:
+                out.append((b[0], b[1], b"", b[3] if b[0] == "pack" else None))
+        return out
+
+    async def _prefetch_trees(self, children: list[bytes]) -> None:
+        """Fetch every tree below a fetched one, a level per round (a listing of a
+        remote version then waits for a round trip per level, not per directory)."""
+        if self._tree_prefetch_busy >= 2:
+            return
+        self._tree_prefetch_busy += 1
+        try:
+            engine = self.node.engine
+            level, seen = list(dict.fromkeys(children)), set()
+            while level:
+                seen.update(level)
+                want = await trio.to_thread.run_sync(
+                    lambda: [("tree", h) for h in level if not engine.chunks.has("tree", h)])
+                want = [w for w in want if w not in self.inflight]
+                if want:
+                    await self.fetch_objects(want, ahead=False)
+
+                def children_of(hs):
+                    out = []
+                    for h in hs:
+                        if not engine.chunks.has("tree", h):
+                            continue  # a fetch that failed: the reader will ask for it
+                        try:
+                            out.extend(e.hash for e in engine.chunks.tree(h).entries if e.is_dir)
+                        except Exception:  # not here (a failed fetch): the reader will ask
+                            continue
+                    return out
+                nxt = await trio.to_thread.run_sync(children_of, level)
+                level = [h for h in dict.fromkeys(nxt) if h not in seen]
+        except Exception as e:
+            log.info("tree prefetch failed: %s", e)
+        finally:
+            self._tree_prefetch_busy -= 1
 
     def _remote_error(self, pid: str, e: RemoteError) -> None:
         if e.code == E_CREDIT:
@@ -292,7 +343,7 @@ class Client:
             versions = versions[-1:]
         before = node.fetched_bytes
         for v in versions:
-            await trio.to_thread.run_sync(self._fetch_version, v)
+            await self._pin_version(v)
         node.pinned_changed(mimei)
         return {"mimei": mimei, "versions": [v["n"] for v in versions],
                 "fetched": node.fetched_bytes - before}
@@ -305,14 +356,52 @@ class Client:
         except (FetchError, EngineError) as e:
             log.warning("pin of %s for %s failed: %s", mimei[:12], (prefer or "")[:12], e)
 
-    def _fetch_version(self, rec: dict) -> None:
-        """Fetch everything of one version (blocking; a worker thread)."""
+    async def _pin_version(self, rec: dict) -> None:
+        """Fetch everything of one version: its trees level by level (the engine's
+        ``ensure_trees``), then per batch of manifests the manifests, all their chunks in
+        windows several at a time (stored as they arrive), and the manifests last, which
+        the engine verifies against those chunks. The engine's ``ensure`` ends it, for
+        anything still missing."""
         engine = self.node.engine
         root = bytes.fromhex(rec["root"])
-        if rec["kind"] != "fs":
-            engine.chunks.ensure([("manifest", root)])
-            return
-        engine.ensure_trees(root)
+        if rec["kind"] == "fs":
+            await trio.to_thread.run_sync(engine.ensure_trees, root)
+            files = await trio.to_thread.run_sync(self._files_of, root)
+        else:
+            files = [("manifest", root)]
+        has = engine.chunks.has
+        missing = await trio.to_thread.run_sync(lambda: [w for w in files if not has(*w)])
+        for i in range(0, len(missing), PIN_MANIFESTS):
+            mans = [b for b in await self.fetch_objects(missing[i:i + PIN_MANIFESTS], ahead=False)
+                    if b[0] == "manifest"]
+            chunks = await trio.to_thread.run_sync(self._missing_chunks, mans)
+            windows = [chunks[j:j + PIN_WINDOW] for j in range(0, len(chunks), PIN_WINDOW)]
+            slots = trio.Semaphore(PIN_PARALLEL)
+
+            async def one(part):
+                try:
+                    await self.fetch_objects(part, ahead=False)
+                finally:
+                    slots.release()
+            async with trio.open_nursery() as n:
+                for part in windows:
+                    await slots.acquire()
+                    n.start_soon(one, part)
+            try:
+                await trio.to_thread.run_sync(engine.chunks.accept, mans)
+            except (Corrupt, EngineError) as e:
+                log.warning("pin: a manifest was refused (%s); the engine fetches it again", e)
+        await trio.to_thread.run_sync(lambda: [engine.chunks.ensure(files[j:j + 4096])
+                                               for j in range(0, len(files), 4096)])
+
+    def _missing_chunks(self, mans: list) -> list:
+        has = self.node.engine.chunks.has
+        want = dict.fromkeys(("chunk", c) for b in mans for c in objects.Manifest.decode(b[1], b[2]).chunks)
+        return [w for w in want if not has(*w)]
+
+    def _files_of(self, root: bytes) -> list:
+        """("manifest", hash) of every regular file under tree ``root`` (all local)."""
+        engine = self.node.engine
         files, stack, seen = [], [root], set()
         while stack:
             h = stack.pop()
@@ -324,6 +413,4 @@ class Client:
                     stack.append(e.hash)
                 elif e.is_file and e.hash:
                     files.append(("manifest", e.hash))
-        files = list(dict.fromkeys(files))
-        for i in range(0, len(files), 4096):
-            engine.chunks.ensure(files[i:i + 4096])
+        return list(dict.fromkeys(files))
