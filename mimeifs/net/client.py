@@ -151,7 +151,7 @@ class Client:
                         if ahead:
                             self._prefetch_soon(blk)
                     elif new and blk[0] == "tree" and ahead and blk[3]:
-                        self.node.nursery.start_soon(self._prefetch_trees, blk[3])
+                        self.node.spawn(self._prefetch_trees, blk[3])
                     for w in new:
                         need.pop(w, None)
                         progress.add(peer)
@@ -169,7 +169,7 @@ class Client:
             return
         count = int.from_bytes(m[9:13], "big")
         chunks = [bytes(m[13 + i * 36:13 + i * 36 + 32]) for i in range(count)]
-        self.node.nursery.start_soon(self._prefetch, chunks)
+        self.node.spawn(self._prefetch, chunks)
 
     async def _prefetch(self, chunks: list[bytes]) -> None:
         has = self.node.engine.chunks.has
@@ -205,6 +205,9 @@ class Client:
             good = await trio.to_thread.run_sync(self._absorb, blocks)
         except (verify.BadBlock, Corrupt) as e:
             self.node.mark_bad(pid, f"served a bad block: {e}")
+            return
+        except Exception:  # storing failed here (disk full, ...): not the peer's fault
+            log.exception("storing blocks from %s", pid[:12])
             return
         answers.append((pid, good))
 

@@ -47,6 +47,10 @@ from .meter import CHARGED, Meter
 from .serve import GUEST_READ, Serving, read_members
 
 log = logging.getLogger("mimeifs.net")
+# kademlia logs every crawl at INFO (a line of 20 contacts) and rpcudp every missed reply at
+# ERROR; both are routine here (dht.py counts misses itself)
+logging.getLogger("kademlia").setLevel(logging.WARNING)
+logging.getLogger("rpcudp").setLevel(logging.CRITICAL)
 
 
 class NetFetcher:
@@ -111,6 +115,16 @@ class NetNode:
         self._dial_locks: dict[str, trio.Lock] = {}
         self._members: tuple[float, set] = (0.0, set())
         self.started_at = time.time()
+
+    def spawn(self, fn, *args) -> None:
+        """Run ``await fn(*args)`` in the node's nursery; an exception is logged, never
+        allowed to end the node (a peer's request or a prefetch must not take it down)."""
+        async def guarded():
+            try:
+                await fn(*args)
+            except Exception:
+                log.exception("network task %s failed", getattr(fn, "__name__", fn))
+        self.nursery.start_soon(guarded)
 
     def attach(self, engine) -> None:
         """Give the node the engine it serves from and fetches for."""
@@ -210,7 +224,7 @@ class NetNode:
             c = await C.dial(addr[0], addr[1], self.key, self.cctx, expected=peer,
                              listen=self.listen_addr, **self._conn_kw())
             self.conns[c.peer_id] = c
-            self.nursery.start_soon(self._run_conn, c)
+            self.spawn(self._run_conn, c)
             return c
 
     async def _keep_peer(self, addr: tuple) -> None:

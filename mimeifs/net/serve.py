@@ -85,7 +85,7 @@ class Serving:
         await conn.send_frame(frame)
         if flush and not self._flushing:
             self._flushing = True
-            self.node.nursery.start_soon(self._flush)
+            self.node.spawn(self._flush)
 
     async def _flush(self) -> None:
         try:
@@ -158,7 +158,7 @@ class Serving:
         if free - need < node.cfg.min_free:
             raise ServeError(E_DECLINED, f"not enough space: {free} bytes free, {need} needed, "
                                          f"{node.cfg.min_free} kept spare")
-        node.nursery.start_soon(node.client.pin_quietly, mimei, all_versions, conn.peer_id)
+        node.spawn(node.client.pin_quietly, mimei, all_versions, conn.peer_id)
         await conn.reply(rid, "ok", accepted=True, already=False)
 
     async def _iou(self, conn: Connection, rid: int, rec) -> None:
