@@ -24,7 +24,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # --- system packages -----------------------------------------------------------------
-PKGS=(fuse3 libfuse3-dev pkg-config gcc git rsync sqlite3 tar attr b3sum ca-certificates)
+PKGS=(fuse3 libfuse3-dev pkg-config gcc git rsync sqlite3 tar attr b3sum ca-certificates iproute2)
 if ! command -v "$PY" >/dev/null 2>&1; then
     PKGS+=(python3 python3-dev)
     PY=python3
