@@ -198,7 +198,10 @@ class Client:
         except RemoteError as e:
             self._remote_error(pid, e)
             return
-        except Exception as e:  # unreachable, timed out, connection lost
+        except OSError as e:
+            self.node.mark_down(pid, str(e))
+            return
+        except Exception as e:  # timed out, connection lost
             log.info("want from %s failed: %s", pid[:12], e)
             return
         try:
@@ -288,7 +291,7 @@ class Client:
                 dht_val = await trio.to_thread.run_sync(node.dht.newest_version, mimei, abandon_on_cancel=True)
             except Exception as e:
                 log.info("version lookup of %s failed: %s", mimei[:12], e)
-        cands = (await self.candidates(mimei, prefer))[:4]
+        cands = await self.candidates(mimei, prefer)
         got: list[dict] = []
 
         async def ask(pid, addr):
@@ -305,12 +308,17 @@ class Client:
                 self._remote_error(pid, e)
                 if e.code == E_FORBIDDEN:
                     node.forbidden[mimei] = e.msg
+            except OSError as e:  # unreachable: gone, most likely (its records outlive it)
+                node.mark_down(pid, str(e))
             except Exception as e:
                 log.info("records of %s from %s failed: %s", mimei[:12], pid[:12], e)
 
-        async with trio.open_nursery() as n:
-            for pid, addr in cands:
-                n.start_soon(ask, pid, addr)
+        for i in range(0, min(len(cands), 16), 4):  # four at a time until one answers
+            async with trio.open_nursery() as n:
+                for pid, addr in cands[i:i + 4]:
+                    n.start_soon(ask, pid, addr)
+            if got:
+                break
         best = None
         for r in got:
             top = max((v["n"] for v in r.get("versions") or []), default=-1)

@@ -53,6 +53,12 @@ logging.getLogger("kademlia").setLevel(logging.WARNING)
 logging.getLogger("rpcudp").setLevel(logging.CRITICAL)
 
 
+#: Seconds an unreachable peer is left out of candidate lists.
+DOWN_FOR = 30.0
+#: Seconds a peer that accepted a pin counts as a holder before it announces its copy.
+PIN_GRACE = 300.0
+
+
 class NetFetcher:
     """The engine's fetcher (``engine/fetch.py``): blocking calls from worker threads,
     run on the node's trio loop. Made before the engine; the :class:`NetNode` built
@@ -254,6 +260,14 @@ class NetNode:
         self.bad[peer] = (time.monotonic() + self.cfg.bad_peer_for, why)
         log.warning("peer %s marked bad for %.0f s: %s", peer[:12], self.cfg.bad_peer_for, why)
 
+    def mark_down(self, peer: str, why: str) -> None:
+        """``peer`` could not be reached: leave it out of candidate lists for
+        ``down_for`` seconds (its provider records outlive it until they expire)."""
+        until = time.monotonic() + DOWN_FOR
+        if self.bad.get(peer, (0, ""))[0] < until:
+            self.bad[peer] = (until, f"unreachable: {why}")
+        log.info("peer %s unreachable: %s", peer[:12], why)
+
     def is_bad(self, peer: str) -> bool:
         b = self.bad.get(peer)
         return b is not None and b[0] > time.monotonic()
@@ -406,7 +420,7 @@ class NetNode:
         """Ask peers with credit here to pin ``mimei`` until ``copies`` live holders
         (other than this node) exist; remembered and re-checked in a loop. Returns
         ``{"mimei", "copies", "holders", "asked": {peer: answer}}``."""
-        entry = self.replicas.setdefault(mimei, {"copies": copies, "asked": {}})
+        entry = self.replicas.setdefault(mimei, {"copies": copies, "asked": {}, "pending": {}})
         entry["copies"] = copies
         holders = []
         for pid, addr in await self.client.providers(mimei, fresh=True):
@@ -416,8 +430,17 @@ class NetNode:
                 c = await self.connect(pid, addr)
                 await c.request("ping", timeout=3)
                 holders.append(pid)
+                entry["pending"].pop(pid, None)
             except Exception:
                 continue
+        now = time.monotonic()
+        for pid, since in list(entry["pending"].items()):
+            # accepted, still copying (it announces itself when done): counted for a while
+            c = self.conns.get(pid)
+            if now - since < PIN_GRACE and c is not None and not c.closed.is_set() and pid not in holders:
+                holders.append(pid)
+            else:
+                entry["pending"].pop(pid, None)
         cands = [p for p in await self._credit_peers() if p[0] not in holders]
         for pid, addr in cands:
             if len(holders) >= copies:
@@ -426,13 +449,15 @@ class NetNode:
                 c = await self.connect(pid, addr)
                 r = await c.request("pin", timeout=self.cfg.request_timeout, m=mimei, all=False)
                 holders.append(pid)
+                entry["pending"][pid] = time.monotonic()
                 entry["asked"][pid] = "accepted" + (" (already held)" if r.get("already") else "")
             except C.RemoteError as e:
                 entry["asked"][pid] = f"declined: {e.msg}"
             except Exception as e:
                 entry["asked"][pid] = f"unreachable: {e}"
         entry["holders"] = holders
-        return {"mimei": mimei, "copies": copies, "holders": holders, "asked": dict(entry["asked"])}
+        return {"mimei": mimei, "copies": copies, "holders": holders, "asked": dict(entry["asked"]),
+                "pending": sorted(entry["pending"])}
 
     async def _credit_peers(self) -> list[tuple[str, tuple]]:
         """Peers with a good letter of credit from this node, with an address: connected
