@@ -361,7 +361,8 @@ def bench_dht(work: Path, n: int, results: dict) -> None:
         while time.perf_counter() - t0 < 120:
             reps = [json.loads(mm(s, "net", "status", "--json"))["replicas"].get(mid, {})
                     for s, mid in zip(authors, mids)]
-            if all(len(r.get("holders", [])) >= 3 for r in reps):
+            # restored = three holders that finished their copy and answer (none pending)
+            if all(len(r.get("holders", [])) >= 3 and not r.get("pending") for r in reps):
                 ok_copies = True
                 break
             time.sleep(2)
