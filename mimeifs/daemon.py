@@ -11,6 +11,12 @@ services are built here by constructor calls and nothing is set on them afterwar
   for the headless ``mimeifs serve``);
 - :class:`Syncer`, committed data to disk every :data:`SYNC_EVERY` seconds;
 - :class:`Signals`, SIGTERM / SIGINT / SIGHUP end the daemon cleanly;
+- :class:`~mimeifs.resp.server.RespServer`, the RESP door onto db MiMei (always on the
+  store's Unix socket ``resp.sock``, mode 0600; on TCP with ``extra["resp"]`` =
+  ``"HOST:PORT"``, the ``--resp`` option of ``mount`` and ``serve``);
+- :class:`~mimeifs.shares.service.SharesService`, the ``.mmfs`` shares: the folder
+  followed, sources kept in step, scheduled backups (its registry is the view's
+  ``shared/``; ``extra={"shares": False}`` leaves it out);
 - further doors and the network node are one more constructor call in
   :func:`build_services` each (a network node is also the engine's fetcher: it is made
   first, handed to :class:`Engine` as ``fetcher``, and its service gets the engine).
@@ -213,8 +219,15 @@ class Daemon:
 
     def _write_info(self) -> None:
         mp = os.path.abspath(self.cfg.mountpoint) if self.cfg.mountpoint else None
-        with open(self._info_path(), "w") as f:
-            json.dump({"pid": os.getpid(), "mountpoint": mp}, f)
+        info = json.dumps({"pid": os.getpid(), "mountpoint": mp}).encode()
+        try:  # in place over the last one's blocks: works on a full filesystem
+            self.store.write_runfile("mount.json", info)
+        except OSError as e:
+            log.error("cannot write %s (%s): CLI commands will not find this daemon",
+                      self._info_path(), e.strerror or e)
+        if self.store.low_space:
+            log.warning("%s: cur writes answer ENOSPC until space is freed",
+                        self.store.low_space)
         log.info("serving %s%s (pid %d)", self.store.path, f" at {mp}" if mp else " headless",
                  os.getpid())
 
@@ -223,7 +236,7 @@ class Daemon:
             with open(self._info_path()) as f:
                 if json.load(f).get("pid") != os.getpid():
                     return
-            os.unlink(self._info_path())
+            self.store.drop_runfile("mount.json")
         except (OSError, ValueError):
             pass
 
@@ -232,11 +245,19 @@ def build_services(d: Daemon) -> list:
     """The services of daemon ``d``, in start order (each a constructor call)."""
     cfg = d.cfg
     services: list = [Signals(d.stop), Syncer(d.store)]
+    if cfg.extra.get("shares", True):
+        from .shares.service import SharesService
+        shares = SharesService(d.engine, d.view, d.store.path, cfg.mountpoint)
+        d.view.shares = shares.registry  # what the view's shared/ shows
+        services.append(shares)
     if cfg.mountpoint is not None:
         from .fuse.mount import FuseService
         services.append(FuseService(d.engine, d.view, cfg.mountpoint, allow_other=cfg.allow_other,
                                     debug=cfg.debug, busy_poll_us=cfg.busy_poll_us,
                                     dir_readahead=cfg.dir_readahead, notify=d.notify))
+    from .resp.server import RespServer  # db MiMei over RESP: the store's Unix socket, TCP if asked
+    services.append(RespServer(d.engine, cfg.extra.get("resp"),
+                               None if cfg.extra.get("resp_unix", True) else ""))
     if d.net_config is not None:
         from .net.node import NetNode
         services.append(NetNode(d.store, d.net_config, d.engine, fetcher=d.fetcher))

@@ -24,7 +24,9 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # --- system packages -----------------------------------------------------------------
-PKGS=(fuse3 libfuse3-dev pkg-config gcc git rsync sqlite3 tar attr b3sum ca-certificates iproute2)
+PKGS=(fuse3 libfuse3-dev pkg-config gcc git rsync sqlite3 tar attr b3sum ca-certificates
+      redis-server redis-tools  # the db tests compare with a real redis-server and redis-cli
+      iproute2)                 # ip netns, tc: tools/bench_net.py's shaped link
 if ! command -v "$PY" >/dev/null 2>&1; then
     PKGS+=(python3 python3-dev)
     PY=python3
@@ -53,6 +55,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
 else
     log "system packages already installed"
 fi
+
+# Debian's redis-server package may start a system redis on 6379; the tests start their own
+# servers on free ports and never use it.
 
 # FUSE needs the device node (containers sometimes lack it until fuse3 is installed).
 if [ ! -e /dev/fuse ]; then

@@ -1,8 +1,9 @@
 """The engine: the store and everything it holds, knowing no protocol and no network.
 
-Modules: ``db`` (the LMDB environment), ``blocks`` / ``packs`` (chunks and packs),
+Modules: ``db`` (the LMDB environment), ``space`` (map growth, a full disk), ``blocks`` / ``packs`` (chunks and packs),
 ``objects`` (manifests, trees), ``chunkstore`` (every object read; missing vs corrupt;
-the fetcher seam of ``fetch``), ``worktree`` (cur), ``backup`` (freeze, checkout),
+the fetcher seam of ``fetch``), ``worktree`` (cur: over ``inode``, ``inodetable``,
+``pages``), ``backup`` (freeze, checkout),
 ``mimei`` (the :class:`~.mimei.Engine` facade), ``remote`` (MiMei from elsewhere),
 ``importer`` / ``scan`` (OS directories into cur), ``maintenance`` (check, gc),
 ``errors`` (the errno vocabulary every door maps once).
@@ -25,6 +26,10 @@ Concurrency contract
   * ``maintenance.gc``: the whole mark and sweep (no writer may add a reference
     half-way); ``ChunkStore.accept``: the puts of one batch of fetched blocks, after
     their verification.
+- Every transaction passes the store's gate (``space.Space``): the map is grown only
+  when no transaction of the process is open, so a thread that wants to grow it (a write
+  finding the map three quarters full, or full) makes new transactions wait up to 2 s
+  for the open ones to end; a thread already inside a transaction never waits there.
 - The fetcher (``fetch.Fetcher``, the network node) is called only outside any write
   transaction and only on threads that allow it (``fetch.fetching_allowed``): a miss
   inside a write aborts it (nothing half-done is kept), the objects are fetched, the

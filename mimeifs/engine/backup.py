@@ -11,13 +11,12 @@ restic do the same); content is stored once either way.
 
 from __future__ import annotations
 
-import stat
-
 import blake3
 
 from . import blocks, objects, packs
 from .objects import Entry, Manifest
-from .worktree import ZERO32, Inode, Worktree, clean_fields, ikey
+from .inodetable import XATTRS
+from .worktree import ZERO32, Inode, Worktree, clean_fields
 
 _READ_STEP = 4 << 20
 
@@ -60,15 +59,12 @@ def freeze_file(txn, wt: Worktree, node: Inode, sink: packs.ChunkSink) -> bytes:
     if node.frozen != ZERO32:
         return node.frozen
     h = materialize(txn, wt, node, sink)
-    wt.drop_data(txn, node.ino)
-    node.base = node.frozen = h
-    node.aux = node.size
-    wt.save(txn, node)
+    wt.set_content(txn, node, h, node.size)
     return h
 
 
 def entry_of(txn, wt: Worktree, name: bytes, c: Inode, h: bytes, size: int) -> Entry:
-    xs = tuple(sorted(wt.xattr_items(txn, c.ino))) if c.flags & 1 else ()
+    xs = tuple(sorted(wt.xattr_items(txn, c.ino))) if c.flags & XATTRS else ()
     return Entry(name, c.mode, c.uid, c.gid, size, c.mtime_ns, c.rdev, h,
                  c.target if c.is_lnk else b"", xs)
 
@@ -104,9 +100,7 @@ def freeze_dir(txn, wt: Worktree, node: Inode, stats: dict, progress,
         entries.append(entry_of(txn, wt, name, c, h, size))
     h = objects.store_tree(txn, wt.store.db("trees"), entries)
     stats["trees"] += 1
-    node = wt.get(txn, node.ino)
-    node.frozen, node.aux = h, total
-    wt.save(txn, node)
+    wt.set_dir_frozen(txn, node.ino, h, total)
     return h, total
 
 
@@ -129,38 +123,29 @@ def checkout_entries(txn, wt: Worktree, parent: Inode, tree: objects.Tree) -> No
     """Create cur inodes for a version tree under directory ``parent`` (clean, shared)."""
     objs, d_trees = wt.objs, wt.store.db("trees")
     for e in tree.entries:
-        t = e.mtime_ns
-        if stat.S_ISLNK(e.mode):
-            node = wt.new_inode(txn, parent.mimei, e.mode, e.uid, e.gid, 0, e.target, t)
-        else:
-            node = wt.new_inode(txn, parent.mimei, e.mode, e.uid, e.gid, e.rdev, b"", t)
-        if e.is_file:
-            node.size, node.aux, node.base, node.frozen = e.size, e.size, e.hash, e.hash
-        elif e.is_dir:
-            node.aux, node.frozen = e.size, e.hash
-        if e.xattrs:
-            for k, v in e.xattrs:
-                txn.put(ikey(node.ino) + k, v, db=wt.d_xattrs)
-            node.flags |= 1
-        wt.link_entry(txn, parent.ino, e.name, node)
+        node = wt.checkout_entry(txn, parent, e)
         if e.is_dir:
             checkout_entries(txn, wt, wt.get(txn, node.ino), objs.tree(txn, d_trees, e.hash))
 
 
 def checkout(txn, wt: Worktree, root_ino: int, kind: str, root_hash: bytes, size: int,
-             is_open=lambda ino: False) -> None:
-    """Make cur (root ``root_ino``) equal to a version: clean, sharing its blocks."""
+             is_open=lambda ino: False) -> list[tuple[int, bytes]]:
+    """Make cur (root ``root_ino``) equal to a version: clean, sharing its blocks.
+
+    Returns the entries (parent inode, name) it removed: every name of cur's root, each
+    now naming a new inode or nothing. A door that caches names must drop these (a
+    kernel keeps an open file's dentry, which would send its writes to the old, now
+    unlinked inode). An inode still open (``is_open``) lives on as an unlinked-but-open
+    file until its last close, as POSIX has it."""
     root = wt.get(txn, root_ino)
     if kind == "file":
-        wt.drop_data(txn, root.ino)
-        root.size = root.aux = size
-        root.base = root.frozen = root_hash
-        wt.save(txn, root)
-        return
+        wt.set_content(txn, root, root_hash, size)
+        return []
+    removed = []
     for name, cino in wt.list_dir(txn, root_ino):
         wt.remove_tree(txn, root_ino, name, wt.get(txn, cino), is_open)
+        removed.append((root_ino, name))
     root = wt.get(txn, root_ino)
     checkout_entries(txn, wt, root, wt.objs.tree(txn, wt.store.db("trees"), root_hash))
-    root = wt.get(txn, root_ino)
-    root.frozen, root.aux = root_hash, size
-    wt.save(txn, root)
+    wt.set_dir_frozen(txn, root_ino, root_hash, size)
+    return removed

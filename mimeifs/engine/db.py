@@ -11,14 +11,14 @@ LMDB gives ACID transactions and many readers with one writer across processes. 
 is large and sparse (1 TiB by default). A write transaction must stay on the thread that
 opened it, so every write here is begun, filled and committed inside one call.
 
-Named sub-databases are opened on first use with :meth:`Store.db`; the engine's names are
-listed in :data:`ENGINE_DBS`. Other layers use their own prefix (``ledger.``, ``credit.``,
-``net.``) and never touch the engine's.
+Space (a map that grows, a reserve and low-space mode on a full disk) is
+:mod:`mimeifs.engine.space`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import struct
 import threading
@@ -27,9 +27,12 @@ from typing import Iterator
 import lmdb
 
 from ..ids import NodeKey
+from .space import GROW_AT, RESERVE, Space, StoreFull, free_bytes  # noqa: F401
+
+log = logging.getLogger("mimeifs.store")
 
 DEFAULT_MAP_SIZE = 1 << 40  # 1 TiB, sparse
-FORMAT_VERSION = b"1"
+FORMAT_VERSION = b"2"  # 2: cur pages carry checksums (pages.py); 1 is upgraded on open
 
 #: Engine sub-databases: name -> what a record holds (see each module's docstring).
 ENGINE_DBS = {
@@ -51,6 +54,11 @@ ENGINE_DBS = {
     "refs_in": "target ID (20) + source ID (20) -> b'' (reverse of refs)",
     "vrefs": "target ID (20) + source ID (20) + n (4) -> b'' (references kept by versions)",
     "mac": "content hash (32) -> b'' (Mac files put on this node)",
+    "kv": "db MiMei cur: namespace (20) + key -> type, expiry, payload (kv.py)",
+    "kvel": "db MiMei cur: namespace (20) + key length (4) + key + tag + sub -> element (kv.py)",
+    "kvmeta": "db namespace (20) -> key count; namespace + b'!' -> a version cache is built",
+    "kvdirty": "db namespace (20) + key -> b'' (written since the last backup, kvsnap.py)",
+    "kvb": "db namespace (20) + bucket's first key -> its chunks per data type (kvsnap.py)",
 }
 
 
@@ -85,7 +93,7 @@ def default_store_path(cli_value: str | None = None) -> str:
     return os.path.join(xdg, "mimeifs")
 
 
-class Store:
+class Store(Space):
     """An open store: LMDB environment, named sub-databases and the node key.
 
     Use :meth:`create` once, then :meth:`open`. Transactions: ``with store.read() as txn``
@@ -101,12 +109,17 @@ class Store:
         self.node_id = key.id
         self._dbs: dict[str, object] = {}
         self._lock = threading.Lock()
+        self._psize = env.stat()["psize"]
+        self._init_space()
         for name in ENGINE_DBS:
             self.db(name)
+        self._keep_reserve()
 
     # -- lifecycle -------------------------------------------------------------------
     @staticmethod
-    def _open_env(path: str, map_size: int) -> lmdb.Environment:
+    def _open_env(path: str, map_size: int | None) -> lmdb.Environment:
+        if map_size is None:  # $MIMEIFS_MAP_SIZE (bytes) for small devices and tests
+            map_size = int(os.environ.get("MIMEIFS_MAP_SIZE") or DEFAULT_MAP_SIZE)
         return lmdb.open(
             os.path.join(path, "lmdb"),
             map_size=map_size,
@@ -119,8 +132,9 @@ class Store:
         )
 
     @classmethod
-    def create(cls, path: str, map_size: int = DEFAULT_MAP_SIZE) -> "Store":
-        """Create a new store at ``path`` with a fresh node key.
+    def create(cls, path: str, map_size: int | None = None) -> "Store":
+        """Create a new store at ``path`` with a fresh node key. ``map_size`` (bytes):
+        the LMDB map to start with (default ``$MIMEIFS_MAP_SIZE`` or 1 TiB); it grows.
 
         Raises :class:`StoreError` if a store is already there.
         """
@@ -140,7 +154,7 @@ class Store:
         return store
 
     @classmethod
-    def open(cls, path: str, map_size: int = DEFAULT_MAP_SIZE) -> "Store":
+    def open(cls, path: str, map_size: int | None = None) -> "Store":
         """Open an existing store. Raises :class:`StoreError` if there is none."""
         path = os.path.abspath(path)
         keyfile = os.path.join(path, "node.key")
@@ -154,6 +168,13 @@ class Store:
         store = cls(path, env, key)
         with store.read() as txn:
             fmt = txn.get(b"format", db=store.db("meta"))
+        if fmt == b"1":
+            from .pages import seal_all  # format 1 -> 2: checksum every cur page
+            with store.write() as txn:
+                seal_all(txn, store.db("pages"))
+                txn.put(b"format", FORMAT_VERSION, db=store.db("meta"))
+            store.sync()
+            fmt = FORMAT_VERSION
         if fmt != FORMAT_VERSION:
             raise StoreError(f"{path}: unknown store format {fmt!r}")
         return store
@@ -186,6 +207,7 @@ class Store:
                     self._dbs[name] = d
         return d
 
+    # -- transactions --------------------------------------------------------------------
     @contextlib.contextmanager
     def read(self, buffers: bool = False) -> Iterator[lmdb.Transaction]:
         """A read-only transaction (a consistent snapshot).
@@ -193,20 +215,87 @@ class Store:
         With ``buffers=True`` its ``get`` returns zero-copy memoryviews into the map,
         valid only until the transaction ends: copy (join) before leaving.
         """
-        txn = self.env.begin(write=False, buffers=buffers)
+        self._enter()
         try:
-            yield txn
+            txn = self._begin(False, buffers)
+            try:
+                yield txn
+            finally:
+                txn.abort()
         finally:
+            self._leave()
+
+    def begin_read(self, buffers: bool = False) -> lmdb.Transaction:
+        """A read snapshot that outlives one call (a RESP connection's batch); end it
+        with :meth:`end_read`. Like :meth:`read`, it passes the transaction gate, so a
+        map resize waits for it (keep it short)."""
+        self._enter()
+        try:
+            return self._begin(False, buffers)
+        except BaseException:
+            self._leave()
+            raise
+
+    def end_read(self, txn: lmdb.Transaction) -> None:
+        """End a snapshot from :meth:`begin_read`."""
+        try:
             txn.abort()
+        finally:
+            self._leave()
+
+    def begin_write(self, room: bool = True) -> lmdb.Transaction:
+        """Begin a write transaction that outlives one call (the importer's batches);
+        end it with :meth:`end_write`. ``room`` as for :meth:`write`."""
+        if room:
+            self._check_room()
+        if not getattr(self._depth, "n", 0):
+            used, size = self.map_used()
+            if used > size * GROW_AT:
+                self.grow_map()
+        self._enter()
+        self._depth.freed = False
+        try:
+            return self._begin(True)
+        except BaseException:
+            self._leave()
+            raise
+
+    def end_write(self, txn: lmdb.Transaction, commit: bool = True, room: bool = True) -> None:
+        """Commit (or abort) a transaction from :meth:`begin_write`. Raises
+        :class:`StoreFull` if the commit found the map or the filesystem full."""
+        err = None
+        try:
+            if commit:
+                txn.commit()
+            else:
+                txn.abort()
+        except lmdb.Error as e:
+            err = e
+        finally:
+            self._leave()
+        if err is not None:
+            raise self.space_error(err) or err
+        if commit and getattr(self._depth, "freed", False) and self.low_space is not None:
+            self.low_space = None  # something was freed: let writers try again
+            log.info("space was freed: writes accepted again")
+        self._depth.freed = False
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[lmdb.Transaction]:
-        """A write transaction: committed on normal exit, aborted on an exception."""
-        txn = self.env.begin(write=True)
+    def write(self, room: bool = True) -> Iterator[lmdb.Transaction]:
+        """A write transaction: committed on normal exit, aborted on an exception.
+
+        ``room=False`` marks a transaction that frees space (unlink, rm, gc, orphans):
+        it runs in low-space mode too (its commit ends that mode if it called
+        :meth:`note_freed`). Raises
+        :class:`StoreFull` (ENOSPC) when the map or the filesystem is full.
+        """
+        txn = self.begin_write(room)
         try:
             yield txn
-        except BaseException:
-            txn.abort()
+        except BaseException as e:
+            self.end_write(txn, commit=False)
+            full = self.space_error(e) if isinstance(e, lmdb.Error) else None
+            if full is not None:
+                raise full from None
             raise
-        else:
-            txn.commit()
+        self.end_write(txn, commit=True, room=room)

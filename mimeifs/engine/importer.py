@@ -218,15 +218,15 @@ class Importer:
     # -- transactions -----------------------------------------------------------------
     def _txn(self):
         if self.txn is None:
-            self.txn = self.store.env.begin(write=True)
+            self.txn = self.store.begin_write()
             self._since, self._t0 = 0, time.monotonic()
         return self.txn
 
     def _maybe_commit(self, force: bool = False) -> None:
         if self.txn is not None and (force or self._since >= self.batch_bytes
                                      or time.monotonic() - self._t0 >= self.batch_seconds):
-            self.txn.commit()
-            self.txn = None
+            txn, self.txn = self.txn, None
+            self.store.end_write(txn)
 
     def run(self, src: str, mimei: str, ahead: scan.StatAhead | None = None,
             sync: bool = True) -> dict:
@@ -256,10 +256,13 @@ class Importer:
                     raise fserr(errno.EISDIR, f"{src}: a file MiMei imports a regular file")
                 self._store_one((src, st, root_ino, None, None), None)
             self._maybe_commit(force=True)
-        except BaseException:
+        except BaseException as e:
             if self.txn is not None:
-                self.txn.abort()
-                self.txn = None
+                txn, self.txn = self.txn, None
+                self.store.end_write(txn, commit=False)
+            full = self.store.space_error(e)
+            if full is not None:  # the map or the filesystem is full: ENOSPC, one line
+                raise full from None
             raise
         finally:
             if self._ahead is not None:
@@ -314,9 +317,7 @@ class Importer:
                 node = None
             if stat.S_ISDIR(st.st_mode):
                 if node is None:
-                    node = wt.new_inode(txn, wt.get(txn, ino).mimei, st.st_mode, st.st_uid, st.st_gid)
-                    wt.link_entry(txn, ino, name, node)
-                    wt.dirty_up(txn, node.ino)
+                    node = wt.new_child(txn, ino, name, st.st_mode, st.st_uid, st.st_gid)
                 subdirs.append((join(path, name), node.ino, st))
             elif stat.S_ISREG(st.st_mode):
                 if (node is not None and node.size == st.st_size and node.mtime_ns == st.st_mtime_ns
@@ -331,10 +332,8 @@ class Importer:
                     wt.remove_tree(txn, ino, name, node, self.e.is_open)
                     node = None
                 if node is None:
-                    node = wt.new_inode(txn, wt.get(txn, ino).mimei, st.st_mode, st.st_uid, st.st_gid,
+                    node = wt.new_child(txn, ino, name, st.st_mode, st.st_uid, st.st_gid,
                                         st.st_rdev if not target else 0, target)
-                    wt.link_entry(txn, ino, name, node)
-                    wt.dirty_up(txn, node.ino)
                 self._set_attrs(txn, wt.get(txn, node.ino), st)
         self.stats["skipped"] += skipped
         for item in pending:
@@ -359,11 +358,7 @@ class Importer:
 
     def _set_attrs(self, txn, node: Inode, st: os.stat_result) -> None:
         """Copy mode, owner and mtime from the source; dirty the parents if any changed."""
-        mode = stat.S_IFMT(node.mode) | stat.S_IMODE(st.st_mode)
-        if (node.mode, node.uid, node.gid, node.mtime_ns) != (mode, st.st_uid, st.st_gid, st.st_mtime_ns):
-            node.mode, node.uid, node.gid, node.mtime_ns = mode, st.st_uid, st.st_gid, st.st_mtime_ns
-            self.wt.save(txn, node)
-            self.wt.dirty_up(txn, node.ino)
+        self.wt.set_source_attrs(txn, node, st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns)
 
     # -- the file pipeline ----------------------------------------------------------------
     def _queue(self, item) -> None:
@@ -442,22 +437,14 @@ class Importer:
             self.stats["errors"].append(f"{os.fsdecode(path)}: {e.strerror}")
             return
         if cino is None:
-            node = wt.new_inode(txn, wt.get(txn, parent).mimei, st.st_mode, st.st_uid, st.st_gid)
-            wt.link_entry(txn, parent, name, node)
+            node = wt.new_child(txn, parent, name, st.st_mode, st.st_uid, st.st_gid, dirty=False)
         else:
             node = wt.get(txn, cino)
-            wt.drop_data(txn, node.ino)
-        node = wt.get(txn, node.ino)
-        node.size = node.aux = size
-        node.base = node.frozen = h
-        node.mode = stat.S_IFREG | stat.S_IMODE(st.st_mode)
-        node.uid, node.gid, node.mtime_ns = st.st_uid, st.st_gid, st.st_mtime_ns
         xs = _user_xattrs(path)
         if xs:
-            for k, v in xs:
-                txn.put(ikey(node.ino) + k, v, db=wt.d_xattrs)
-            node.flags |= 1
-        wt.save(txn, node)
+            wt.add_xattrs(txn, node, xs)
+        wt.set_content(txn, node, h, size)
+        wt.set_source_attrs(txn, node, st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns)
         wt.dirty_up(txn, node.ino)
         self.stats["files"] += 1
         self.stats["bytes_read"] += size

@@ -4,7 +4,7 @@ check — every MiMei info and version record signature (ed25519), every tree (d
 and its hash is blake3-derive-key of its encoding), every manifest (decodes, chunk
 lengths add up, the content's blake3 is its key), every chunk (its pack decompresses and
 hashes to its id, the chunk's slice matches its blake3; old per-chunk values decompress
-and match), every cur inode's base manifest. Each object is checked once however many
+and match), every cur inode's base manifest, every cur data page's checksum (``pages``). Each object is checked once however many
 versions share it.
 
 gc — mark and sweep, as ``git gc`` and ``restic prune``: live = everything reachable from
@@ -25,7 +25,7 @@ import blake3
 from .. import ids
 from . import blocks, objects, packs, remote
 from .errors import ChunkMissing
-from .worktree import ZERO32, Inode
+from .worktree import ZERO32
 
 
 def _cached_only(txn, e) -> set[bytes]:
@@ -172,7 +172,7 @@ def check(engine, progress: Callable[[int], None] | None = None) -> dict:
             if k[:20] in cache_only:
                 return  # a remote MiMei's fetched pieces: a cache, partial by design
             root = bytes.fromhex(rec["root"])
-            if rec["kind"] == "fs":
+            if rec["kind"] in ("fs", "db"):  # a db version is a tree of JSON Lines files
                 tree_ok(root, where)
             else:
                 manifest_ok(root, where)
@@ -180,12 +180,12 @@ def check(engine, progress: Callable[[int], None] | None = None) -> dict:
         cache_only = _cached_only(txn, e)
         _walk_versions(txn, e, on_version)
 
-        for k, v in txn.cursor(db=e.wt.d_inodes):
-            node = Inode.unpack(int.from_bytes(k, "big"), v)
+        for node in e.wt.inodes(txn):
             if node.is_reg and node.base != ZERO32:
                 manifest_ok(node.base, f"cur inode {node.ino}")
         for k in txn.cursor(db=e.d_mac).iternext(values=False):
             manifest_ok(bytes(k), f"Mac file {bytes(k).hex()}")
+        problems.extend(e.wt.verify_pages(txn))
     return dict(counts, problems=problems)
 
 
@@ -198,7 +198,7 @@ def gc(engine) -> dict:
     cannot be read is left as it is (``check`` reports it).
     """
     e = engine
-    with e.store.write() as txn:
+    with e.store.write(room=False) as txn:
         live_trees: set[bytes] = set()
         live_manifests: set[bytes] = set()
 
@@ -225,12 +225,11 @@ def gc(engine) -> dict:
                 continue
             rec = json.loads(v)
             root = bytes.fromhex(rec["root"])
-            if rec["kind"] == "fs":
+            if rec["kind"] in ("fs", "db"):  # a db version is a tree of JSON Lines files
                 mark_tree(root)
             else:
                 live_manifests.add(root)
-        for k, v in txn.cursor(db=e.wt.d_inodes):
-            node = Inode.unpack(int.from_bytes(k, "big"), v)
+        for node in e.wt.inodes(txn):
             if node.is_reg and node.base != ZERO32:
                 live_manifests.add(node.base)
             if node.is_dir and node.frozen != ZERO32:
@@ -321,5 +320,7 @@ def gc(engine) -> dict:
             if pid not in members:
                 out["packs_freed"] += 1
         out["chunks_kept"] = len(live_chunks)
+        if any(out[k] for k in ("chunks_freed", "manifests_freed", "trees_freed", "packs_freed")):
+            e.store.note_freed()
     e.store.sync()
     return out

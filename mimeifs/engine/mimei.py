@@ -31,10 +31,12 @@ import time
 
 from .. import ids
 from . import backup as bk
-from . import blocks, objects, remote
+from . import blocks, kvsnap, objects, remote
 from .chunkstore import ChunkStore
 from .db import Store, scan_prefix
 from .fetch import Fetcher
+from .marks import ID_PREFIX_MIN, MARK_MAX_BYTES, check_mark, ids_with_prefix, mark_problem, resolve_spec, text_problem  # noqa: F401
+from .render import info_doc, info_json, iso_time, rm_refused  # noqa: F401
 from .errors import MiMeiError  # noqa: F401  (the older name of EngineError)
 from .worktree import ROOT_PARENT, Worktree
 
@@ -86,7 +88,8 @@ class Engine:
     # ------------------------------------------------------------------ change events
     def subscribe(self, fn) -> None:
         """Call ``fn(mimei_id)`` after records of a MiMei change from outside this
-        process's own requests (a remote MiMei adopted or given newer versions). It runs
+        process's own requests (a remote MiMei adopted or given newer versions; a db
+        MiMei restored or removed, whose keys changed under its RESP clients). It runs
         on the thread that made the change and must not block; exceptions are logged."""
         self._listeners.append(fn)
 
@@ -129,6 +132,12 @@ class Engine:
         with self.store.read() as txn:
             return self._info(txn, _id20(mimei))
 
+    def info_file(self, mimei: str) -> bytes:
+        """The content of ``<mnt>/mm/<id>/.info`` (:func:`info_json`). Raises ENOENT."""
+        m20 = _id20(mimei)
+        with self.store.read() as txn:
+            return info_json(self._info(txn, m20), self._state(txn, m20))
+
     def state(self, mimei: str) -> dict:
         """Local state: ``{"cur": ino, "last": n|None, "release": record|None}``."""
         with self.store.read() as txn:
@@ -151,55 +160,58 @@ class Engine:
             return {bytes(k).decode(): bytes(v).hex() for k, v in txn.cursor(db=self.d_names)}
 
     def mark_id(self, mark: str) -> str | None:
-        """The ID of this node's own MiMei with ``mark`` (``name/<mark>``), or None."""
+        """The ID of this node's own MiMei with ``mark`` (``name/<mark>``), or None
+        (also for a string that cannot be a mark, see :func:`mark_problem`)."""
+        if mark_problem(mark) is not None:
+            return None
         with self.store.read() as txn:
             raw = txn.get(mark.encode(), db=self.d_names)
         return None if raw is None else bytes(raw).hex()
 
     def resolve(self, spec: str) -> str:
-        """A MiMei ID from an ID, a mark of this node's own MiMei, or a path in a mount.
+        """A MiMei ID from a SPEC: an ID, a mark, a path in a mount or a unique ID prefix
+        (:func:`.marks.resolve_spec`). Raises :class:`MiMeiError` (ENOENT; EINVAL for an
+        ambiguous prefix, naming the candidates)."""
+        return resolve_spec(self, spec)
 
-        Raises :class:`MiMeiError` (ENOENT) if nothing matches.
-        """
-        if ids.is_id(spec) and self.exists(spec):
-            return spec
-        mid = self.mark_id(spec)
-        if mid is not None:
-            return mid
-        if os.path.exists(spec):
-            try:
-                v = os.getxattr(spec, "user.mimei.id")
-                if ids.is_id(v.decode()):
-                    return v.decode()
-            except OSError:
-                pass
-            parts = os.path.realpath(spec).split(os.sep)
-            for i, p in enumerate(parts[:-1]):
-                if p == "mm" and ids.is_id(parts[i + 1]):
-                    return parts[i + 1]
-        raise MiMeiError(errno.ENOENT, f"no MiMei matches {spec!r} (ID, mark or path)")
+    def id_prefix(self, prefix: str) -> list[str]:
+        """IDs of the MiMei in this store that start with ``prefix`` (see
+        :func:`.marks.ids_with_prefix`), sorted."""
+        with self.store.read() as txn:
+            return ids_with_prefix(txn, self.d_state, prefix)
 
     # ------------------------------------------------------------------ create / rm
     def create(self, mimei_type: str, mark: str, app_type: str = "", ext: str = "",
-               uid: int | None = None, gid: int | None = None, mode: int | None = None) -> str:
+               uid: int | None = None, gid: int | None = None, mode: int | None = None,
+               exclusive: bool = False) -> str:
         """Create a MiMei of this node; returns its ID.
 
-        Idempotent: the same (author, app type, type, mark) returns the existing ID.
-        ``mark == "auto"`` draws a fresh mark. Raises :class:`MiMeiError` (EINVAL).
+        A mark names one MiMei per author: the same (author, app type, type, mark)
+        returns the existing ID (idempotent), while a mark this node already gave a MiMei
+        of another type or app type is refused (EEXIST), as ``fork`` refuses it.
+        ``mark == "auto"`` draws a fresh mark. ``exclusive`` refuses an existing MiMei
+        too. Raises :class:`MiMeiError` (EINVAL for a bad type or mark, see
+        :func:`mark_problem`; EEXIST).
         """
-        if mimei_type not in ("fs", "file"):
-            raise MiMeiError(errno.EINVAL, f"MiMei type must be fs or file (db is not built yet), not {mimei_type!r}")
+        if mimei_type not in MIMEI_TYPES:
+            raise MiMeiError(errno.EINVAL, f"MiMei type must be fs, file or db, not {mimei_type!r}")
         if mark == "auto":
             mark = "auto-" + secrets.token_hex(8)
-        if not mark or "/" in mark or "\0" in mark or len(mark.encode()) > 200:
-            raise MiMeiError(errno.EINVAL, f"bad mark {mark!r}")
+        check_mark(mark)
+        for what, text, size in (("app type", app_type, MARK_MAX_BYTES), ("ext", ext, 64)):
+            why = text_problem(what, text, size)
+            if why is not None:
+                raise MiMeiError(errno.EINVAL, why)
         mid = ids.mimei_id(self.node_id, app_type, mimei_type, mark)
         m20 = bytes.fromhex(mid)
         uid = os.getuid() if uid is None else uid
         gid = os.getgid() if gid is None else gid
         with self.store.write() as txn:
             if txn.get(m20, db=self.d_state) is not None:
+                if exclusive:
+                    raise MiMeiError(errno.EEXIST, f"a MiMei with mark {mark!r} exists: {mid}")
                 return mid
+            self._mark_free(txn, mark)
             info = self.store.key.sign_record({
                 "type": "mimei", "id": mid, "author": self.node_id, "app_type": app_type,
                 "mimei_type": mimei_type, "ext": ext, "mark": mark,
@@ -208,35 +220,63 @@ class Engine:
             txn.put(m20, ids.canonical(info), db=self.d_mimei)
             if mimei_type == "fs":
                 m = stat.S_IFDIR | (0o755 if mode is None else mode)
+            elif mimei_type == "db":  # cur of a db lives in kv (kvsnap); its inode stays empty
+                m = stat.S_IFDIR | 0o555
             else:
                 m = stat.S_IFREG | (0o644 if mode is None else mode)
             root = self.wt.new_inode(txn, m20, m, uid, gid)
             self.wt.link_entry(txn, ROOT_PARENT, m20, root)
             self._put_state(txn, m20, {"cur": root.ino, "last": None, "release": None})
-            txn.put(mark.encode(), m20, db=self.d_names, overwrite=False)  # first one keeps the name
+            txn.put(mark.encode(), m20, db=self.d_names)
         self._own.pop(m20, None)
         return mid
 
+    def _mark_free(self, txn, mark: str) -> None:
+        """Raise :class:`MiMeiError` (EEXIST) if ``mark`` already names a MiMei of this
+        node (``name/<mark>``), saying which. A name left pointing at a MiMei this node
+        did not author (a store that changed its key) does not count."""
+        raw = txn.get(mark.encode(), db=self.d_names)
+        if raw is None:
+            return
+        other = bytes(raw).hex()
+        o = json.loads(txn.get(bytes(raw), db=self.d_mimei) or b'{"author": null}')
+        if o["author"] != self.node_id:  # a stale name (another key's MiMei): taken over
+            return
+        raise MiMeiError(errno.EEXIST, f"mark {mark!r} already names {other} (type {o['mimei_type']}"
+                         + (f", app type {o['app_type']!r}" if o["app_type"] else "")
+                         + "): a mark names one MiMei per author; choose another mark")
+
     def referrers(self, mimei: str) -> list[str]:
         """IDs of MiMei whose cur or any version references ``mimei``."""
+        return sorted(self.referrer_detail(mimei))
+
+    def referrer_detail(self, mimei: str) -> dict[str, dict]:
+        """Who refers to ``mimei`` and from where: ``{source ID: {"cur": bool,
+        "versions": [n, ...]}}`` (a source's own references to itself left out)."""
         m20 = _id20(mimei)
-        out = set()
+        out: dict[str, dict] = {}
         with self.store.read() as txn:
-            for db in (self.d_refs_in, self.d_vrefs):
-                out.update(k[20:40].hex() for k in scan_prefix(txn, db, m20, values=False))
-        out.discard(mimei)
-        return sorted(out)
+            for k in scan_prefix(txn, self.d_refs_in, m20, values=False):
+                out.setdefault(k[20:40].hex(), {"cur": False, "versions": []})["cur"] = True
+            for k in scan_prefix(txn, self.d_vrefs, m20, values=False):
+                src = k[20:40].hex()
+                out.setdefault(src, {"cur": False, "versions": []})["versions"].append(_N.unpack(k[40:44])[0])
+        out.pop(mimei, None)
+        return out
 
     def rm(self, mimei: str) -> None:
         """Delete a MiMei (cur, versions, info). Its blocks are freed by ``gc``.
 
-        Raises :class:`MiMeiError` (EBUSY) naming who refers to it, ENOENT if unknown.
+        Raises :class:`MiMeiError` ENOENT if unknown, EBUSY while another MiMei refers
+        to it, naming who and saying what the user can do: remove a reference of a cur
+        (``rm <mnt>/mm/<src>/.refs/<id>``); a version's references never change, so a
+        MiMei a version refers to stays until that MiMei is removed.
         """
         m20 = _id20(mimei)
-        who = self.referrers(mimei)
+        who = self.referrer_detail(mimei)
         if who:
-            raise MiMeiError(errno.EBUSY, f"{mimei} is referenced by {', '.join(who)}; remove those references first")
-        with self.store.write() as txn:
+            raise MiMeiError(errno.EBUSY, rm_refused(mimei, who))
+        with self.store.write(room=False) as txn:
             st = self._state(txn, m20)
             info = self._info(txn, m20)
             if st["cur"] is not None:
@@ -249,6 +289,7 @@ class Engine:
                         txn.delete(bytes.fromhex(t) + m20 + _N.pack(n), db=self.d_vrefs)
                     txn.delete(m20 + _N.pack(n), db=self.d_versions)
             self._set_refs(txn, m20, [])
+            kvsnap.clear_ns(txn, self.store, m20)
             txn.delete(m20, db=self.d_state)
             txn.delete(m20, db=self.d_mimei)
             mark = info["mark"].encode()
@@ -260,6 +301,8 @@ class Engine:
                         txn.put(mark, bytes(k), db=self.d_names)
                         break
         self._own.pop(m20, None)
+        if info["mimei_type"] == "db":
+            self._changed(mimei)  # the RESP door drops connections to it
 
     # ------------------------------------------------------------------ references
     def _refs_out(self, txn, m20: bytes) -> list[str]:
@@ -290,35 +333,47 @@ class Engine:
         s20, d20 = _id20(src), _id20(dst)
         if not self.can_write(s20):
             raise MiMeiError(errno.EACCES, f"{src} was not authored by this node")
-        with self.store.write() as txn:
+        with self.store.write(room=False) as txn:
             if not txn.delete(s20 + d20, db=self.d_refs):
                 raise MiMeiError(errno.ENOENT, f"{src} does not reference {dst}")
             txn.delete(d20 + s20, db=self.d_refs_in)
 
     # ------------------------------------------------------------------ versions
-    def backup(self, mimei: str, memo: str = "", progress=None) -> dict:
+    def backup(self, mimei: str, memo: str = "", progress=None, allow_empty: bool = True) -> dict:
         """Freeze cur into version n+1, signed; moves ``last``. Returns the record
-        plus ``stats`` (new bytes, files re-chunked, trees written).
+        plus ``stats`` (new bytes, files re-chunked, trees written) and ``unchanged``.
 
-        The version is on disk (fsync) when this returns.
+        Unless ``allow_empty``, a cur whose content (root hash and kind) and references
+        equal those of the last version makes no new version (git's "nothing to
+        commit"): the last version's record comes back with ``unchanged: True``. The
+        version is on disk (fsync) when this returns.
         """
         m20 = _id20(mimei)
         if not self.can_write(m20):
             raise MiMeiError(errno.EACCES, f"{mimei} was not authored by this node")
         with self.store.write() as txn:
             st = self._state(txn, m20)
-            kind, root, size, stats = bk.freeze(txn, self.wt, st["cur"], progress)
+            if self._info(txn, m20)["mimei_type"] == "db":
+                kind = "db"
+                root, size, stats = kvsnap.freeze(txn, self.store, m20, self.chunks.cache)
+            else:
+                kind, root, size, stats = bk.freeze(txn, self.wt, st["cur"], progress)
+            refs = sorted(self._refs_out(txn, m20))
+            if not allow_empty and st["last"] is not None:
+                prev = json.loads(txn.get(_vkey(mimei, m20, st["last"]), db=self.d_versions))
+                if prev["root"] == root.hex() and prev["kind"] == kind and sorted(prev.get("refs", [])) == refs:
+                    return dict(prev, stats=stats, unchanged=True)
             n = 0 if st["last"] is None else st["last"] + 1
             rec = self.store.key.sign_record({
                 "type": "version", "mimei": mimei, "n": n, "kind": kind, "root": root.hex(),
                 "parent": st["last"], "fork_of": None, "time": time.time_ns(), "size": size,
-                "memo": memo, "refs": sorted(self._refs_out(txn, m20)), "author": self.node_id,
+                "memo": memo, "refs": refs, "author": self.node_id,
             })
             self._put_version(txn, m20, rec)
             st["last"] = n
             self._put_state(txn, m20, st)
         self.store.sync()
-        return dict(rec, stats=stats)
+        return dict(rec, stats=stats, unchanged=False)
 
     def _put_version(self, txn, m20: bytes, rec: dict) -> None:
         n = rec["n"]
@@ -360,18 +415,28 @@ class Engine:
         self.store.sync()
         return rec
 
-    def restore(self, mimei: str, n: int) -> None:
+    def restore(self, mimei: str, n: int) -> list[tuple[int, bytes]]:
         """cur := v/n, its content and its references (clean: the next backup costs
-        nothing if nothing changes). Raises ENOENT (no version n), EACCES."""
+        nothing if nothing changes). Raises ENOENT (no version n), EACCES.
+
+        Returns the cur entries (parent inode, name) it removed or replaced, which a
+        door must drop from its name caches (:func:`backup.checkout`)."""
         m20 = _id20(mimei)
         if not self.can_write(m20):
             raise MiMeiError(errno.EACCES, f"{mimei} was not authored by this node")
         rec = self.version(mimei, n)
         with self.store.write() as txn:
             st = self._state(txn, m20)
-            bk.checkout(txn, self.wt, st["cur"], rec["kind"], bytes.fromhex(rec["root"]),
-                        rec["size"], self.is_open)
+            if rec["kind"] == "db":
+                kvsnap.checkout(txn, self.store, m20, bytes.fromhex(rec["root"]), self.chunks.cache)
+                removed = []
+            else:
+                removed = bk.checkout(txn, self.wt, st["cur"], rec["kind"],
+                                      bytes.fromhex(rec["root"]), rec["size"], self.is_open)
             self._set_refs(txn, m20, rec.get("refs", []))
+        if rec["kind"] == "db":
+            self._changed(mimei)  # the RESP door fails the EXECs that watched its keys
+        return removed
 
     def _set_refs(self, txn, m20: bytes, targets: list[str]) -> None:
         """Make cur's references exactly ``targets`` (hex IDs); a target this store
@@ -390,7 +455,8 @@ class Engine:
 
         The papers' "variation". Its cur starts as that version, and both v/0 and cur
         reference what that version referenced. Returns the new ID; raises EEXIST if
-        the new MiMei already exists, ENOENT if there is no version.
+        ``mark`` already names a MiMei of this node (one rule with :meth:`create`),
+        EINVAL for a bad mark, ENOENT if there is no version.
         """
         info = self.info(mimei)
         if n is None:
@@ -400,16 +466,21 @@ class Engine:
         src = self.version(mimei, n)
         if src["kind"] == "fs":
             self.ensure_trees(bytes.fromhex(src["root"]))
+        elif src["kind"] == "db":
+            kvsnap.ensure_version(self, bytes.fromhex(src["root"]))
         if mark == "auto":  # drawn once: the check below and create() must see one mark
             mark = "auto-" + secrets.token_hex(8)
-        new_id = ids.mimei_id(self.node_id, info["app_type"], info["mimei_type"], mark)
-        if self.exists(new_id):
-            raise MiMeiError(errno.EEXIST, f"a MiMei with mark {mark!r} exists: {new_id}")
-        new_id = self.create(info["mimei_type"], mark, info["app_type"], info["ext"])
+        check_mark(mark)
+        with self.store.read() as txn:
+            self._mark_free(txn, mark)
+        new_id = self.create(info["mimei_type"], mark, info["app_type"], info["ext"], exclusive=True)
         n20 = bytes.fromhex(new_id)
         with self.store.write() as txn:
             st = self._state(txn, n20)
-            bk.checkout(txn, self.wt, st["cur"], src["kind"], bytes.fromhex(src["root"]), src["size"])
+            if src["kind"] == "db":
+                kvsnap.checkout(txn, self.store, n20, bytes.fromhex(src["root"]), self.chunks.cache)
+            else:
+                bk.checkout(txn, self.wt, st["cur"], src["kind"], bytes.fromhex(src["root"]), src["size"])
             self._set_refs(txn, n20, src.get("refs", []))
             rec = self.store.key.sign_record({
                 "type": "version", "mimei": new_id, "n": 0, "kind": src["kind"], "root": src["root"],
@@ -463,7 +534,7 @@ class Engine:
         """The root of version n as an entry (a directory for fs, a file for file)."""
         rec = self.version(mimei, n)
         h = bytes.fromhex(rec["root"])
-        if rec["kind"] == "fs":
+        if rec["kind"] in ("fs", "db"):
             mode = stat.S_IFDIR | 0o555
         else:
             mode = stat.S_IFREG | 0o444

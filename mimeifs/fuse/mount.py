@@ -92,6 +92,8 @@ class FuseService:
         self.waiter = None
         if notify is not None:
             engine.subscribe(lambda mid: notify(self.ops.invalidate_all, mid))
+            view.subscribe(lambda mid, inos, entries: self._mounted and notify(
+                self.ops.invalidate_view, mid, inos, entries))  # no session before/after
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED):
         pyfuse3.init(self.ops, self.mountpoint, self.options)

@@ -8,7 +8,9 @@ What a path means is the view's business; this module keeps only what is FUSE's:
 - the kernel's caches: versions, Mac files and per-MiMei nodes get day-long entry and
   attribute timeouts and ``keep_cache``; cur 30 s; ``name/<mark>`` 1 s; the daemon
   invalidates what changed after every whole-MiMei command, import, or newer version
-  of a remote MiMei (:meth:`Operations.invalidate_all`);
+  of a remote MiMei (:meth:`Operations.invalidate_all`), and what the view says
+  changed behind the kernel's back (a share's source sync, an edited share:
+  :meth:`Operations.invalidate_view`); ``shared/`` nodes are the view's (:mod:`mimeifs.view.shares`);
 - pyfuse3's types and the control file ``/.__mimeifs_ctrl__`` (:mod:`.control`);
 - errors: an :class:`~mimeifs.engine.errors.EngineError` or ``OSError`` becomes its
   errno; anything else is a bug, logged with its traceback and answered EIO.
@@ -35,6 +37,7 @@ from ..engine.errors import ChunkMissing
 from ..engine.mimei import Engine
 from ..view import View
 from ..view.nodes import CUR, FIXED_DIRS, LONG, MM, ROOT, SHORT, VIRT, Attr, Node, ver_inos
+from ..view.shares import share_entries
 from .prefetch import DirPrefetch
 
 log = logging.getLogger("mimeifs.fuse")
@@ -69,9 +72,23 @@ def handler(fn):
                 log.error("%s: %s", fn.__name__, e)
             raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
         except Exception:
-            log.exception("%s%r failed", fn.__name__, a)
+            log.exception("%s(%s) failed", fn.__name__, brief(a))
             raise pyfuse3.FUSEError(errno.EIO) from None
     return wrapper
+
+
+def brief(args) -> str:
+    """A request's arguments for a log line: payloads (bytes over 64, e.g. a write's
+    buffer or an xattr value) as their size, never their bytes (issue 11 item 5: a full
+    disk must not fill up with logged buffers)."""
+    out = []
+    for x in args:
+        if isinstance(x, (bytes, bytearray, memoryview)) and len(x) > 64:
+            out.append(f"<{len(x)} bytes>")
+        else:
+            r = repr(x)
+            out.append(r if len(r) <= 200 else r[:200] + "...")
+    return ", ".join(out)
 
 
 def _err(code: int):
@@ -128,7 +145,15 @@ class Operations(pyfuse3.Operations):
 
     # ------------------------------------------------------------------ bookkeeping
     def _in_use(self, ino: int) -> bool:
-        return self.lookups.get(ino, 0) > 0 or self.opens.get(ino, 0) > 0
+        if self.lookups.get(ino, 0) > 0 or self.opens.get(ino, 0) > 0:
+            return True
+        for fh in self.opens:  # open through a share under a number of its own (few)
+            if fh >= _VIRT:
+                n = self.vnodes.get(fh)
+                if n is not None and n.inner is not None and n.inner.kind == "cur" \
+                        and n.inner.ino == ino:
+                    return True
+        return False
 
     def _node(self, ino: int) -> Node:
         """The view node the kernel means by ``ino``."""
@@ -320,15 +345,15 @@ class Operations(pyfuse3.Operations):
         writing = bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND))
         node = self._node(inode)
         self.view.open_check(node, writing)
-        if node.kind == "cur" and writing and flags & os.O_TRUNC:
+        if writing and flags & os.O_TRUNC:  # open_check let only a writable file through
             await self._call(self.view.truncate_for_open, node)
         self.opens[inode] = self.opens.get(inode, 0) + 1
-        if node.kind == "info":
+        if node.kind in ("info", "mmfs"):
             return pyfuse3.FileInfo(fh=inode, direct_io=True)
         if node.kind == "ver":
             d = node.parent
             self.prefetch.opened(d, lambda: self._readahead_list(d, inode))
-        return pyfuse3.FileInfo(fh=inode, keep_cache=node.kind != "cur")
+        return pyfuse3.FileInfo(fh=inode, keep_cache=not self.view.may_change(node))
 
     def _readahead_list(self, d_ino: int, skip: int):
         """(inode, hash, size) of the files of version directory ``d_ino`` that the
@@ -352,7 +377,7 @@ class Operations(pyfuse3.Operations):
         if fh == CTRL:
             return b""
         node = self._node(fh)
-        if size >= 1 << 20 and node.kind in ("ver", "mac"):
+        if size >= 1 << 20 and self.view.shown(node).kind in ("ver", "mac"):
             return await trio.to_thread.run_sync(self.view.read, node, off, size)
         return await self._call(self.view.read, node, off, size)
 
@@ -379,9 +404,13 @@ class Operations(pyfuse3.Operations):
             self.opens[fh] = left
             return
         self.opens.pop(fh, None)
-        if fh < _VIRT and not self.lookups.get(fh):  # a cur orphan may now be freed
+        ino = fh
+        if fh >= _VIRT:  # a cur file opened through a share stands for its engine inode
+            n = self.vnodes.get(fh)
+            ino = n.inner.ino if n is not None and n.inner is not None and n.inner.kind == "cur" else 0
+        if ino and ino < _VIRT and not self._in_use(ino):  # a cur orphan may now be freed
             try:
-                self.wt.forget(fh)
+                self.wt.forget(ino)
             except Exception:
                 log.exception("release %d", fh)
 
@@ -434,16 +463,20 @@ class Operations(pyfuse3.Operations):
         return r
 
     # ------------------------------------------------------------------ invalidation
-    async def invalidate_all(self, mimei: str | None = None, removed: bool = False) -> None:
+    async def invalidate_all(self, mimei: str | None = None, removed: bool = False,
+                             names=()) -> None:
         """Drop what the kernel caches of cur inodes and of a MiMei's changing nodes.
 
         After a whole-MiMei command: every cur inode the kernel holds, the MiMei's
         ``last``, ``release``, ``v/``, ``.info`` (attributes and directory entries), and
-        with ``removed`` its entry in ``mm/``. Runs in a worker thread: pyfuse3's
-        invalidation must not run on the request loop.
+        with ``removed`` its entry in ``mm/``; ``names``: cur entries (parent inode,
+        name) the command removed (restore), each dropped by name, since invalidating
+        the ``cur`` dentry alone leaves a name held by an open file in the cache, and
+        writes through it would go to the unlinked inode. Runs in a worker thread:
+        pyfuse3's invalidation must not run on the request loop.
         """
         inos = [i for i in list(self.lookups) if CTRL < i < _VIRT]
-        entries = []
+        entries = list(names)
         if mimei:
             mdir = self.view.mimei_node(mimei).ino
             inos += self.view.mimei_numbers(mimei)
@@ -452,6 +485,35 @@ class Operations(pyfuse3.Operations):
             entries += [(mdir, n) for n in (b"last", b"release", b".info", b"v", b"cur")]
             if removed:
                 entries.append((MM, mimei.encode()))
+            entries += share_entries(self.view, mimei)  # shared/<name> at its last / release
+
+        def run():
+            for i in inos:
+                try:
+                    pyfuse3.invalidate_inode(i, attr_only=False)
+                except (OSError, pyfuse3.FUSEError):
+                    pass
+            for parent, name in entries:
+                try:
+                    pyfuse3.invalidate_entry(parent, name)
+                except (OSError, pyfuse3.FUSEError):
+                    pass
+        await trio.to_thread.run_sync(run)
+
+    async def invalidate_view(self, mimei: str | None, inos, entries) -> None:
+        """Drop what the kernel holds of view nodes that changed behind its back (the
+        view's change events, :meth:`View.subscribe`): ``inos`` and ``entries``
+        ((directory number, name)) it has looked up; ``inos`` None is every node of
+        MiMei ``mimei`` (:meth:`invalidate_all` plus the share nodes that show it)."""
+        lookups = self.lookups
+        if inos is None:
+            inos = [i for i, n in list(self.vnodes.items())
+                    if n.kind == "share" and n.mimei == mimei]
+            await self.invalidate_all(mimei)
+        inos = [i for i in inos if i in lookups]
+        entries = [(p, n) for p, n in entries if p in lookups or p < CTRL]
+        if not inos and not entries:
+            return
 
         def run():
             for i in inos:

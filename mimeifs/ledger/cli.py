@@ -23,7 +23,7 @@ import click
 from ..engine.db import Store, StoreError
 from ..ids import NodeKey, is_id
 from . import records as R
-from .credit import CreditBook, CreditError
+from .credit import CreditBook, CreditError, iso_utc
 from .ledger import Ledger, LedgerError
 from .proof import BadProof, Proof, verify
 from .smt import SMTError
@@ -31,6 +31,7 @@ from .smt import SMTError
 _SIZE = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 10**6, "mb": 10**6, "mib": 1 << 20,
          "g": 10**9, "gb": 10**9, "gib": 1 << 30, "t": 10**12, "tb": 10**12, "tib": 1 << 40}
 _DUR = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_MAX_DURATION = 100 * 366 * 86400
 
 
 def parse_size(s: str) -> int:
@@ -38,7 +39,10 @@ def parse_size(s: str) -> int:
     m = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", s)
     if not m or m.group(2).lower() not in _SIZE:
         raise click.BadParameter(f"not a size: {s!r} (e.g. 500, 100MiB, 2GB)")
-    return int(m.group(1)) * _SIZE[m.group(2).lower()]
+    n = int(m.group(1)) * _SIZE[m.group(2).lower()]
+    if n >= 1 << 64:
+        raise click.BadParameter(f"a size is below 2**64 bytes, not {s!r}")
+    return n
 
 
 def parse_duration(s: str) -> int:
@@ -46,7 +50,10 @@ def parse_duration(s: str) -> int:
     m = re.fullmatch(r"\s*(\d+)\s*([smhdw]?)\s*", s)
     if not m:
         raise click.BadParameter(f"not a duration: {s!r} (e.g. 3600, 12h, 30d)")
-    return int(m.group(1)) * _DUR[m.group(2) or "s"]
+    secs = int(m.group(1)) * _DUR[m.group(2) or "s"]
+    if secs > _MAX_DURATION:
+        raise click.BadParameter(f"a duration is at most 100 years, not {s!r}")
+    return secs
 
 
 def _store(ctx) -> Store:
@@ -78,27 +85,59 @@ def _keys_dir(store: Store) -> str:
     return d
 
 
+def _by_prefix(prefix: str, candidates, what: str) -> str | None:
+    """The one candidate ID that starts with ``prefix`` (at least 4 lowercase hex digits,
+    git's short hashes), None if none does or ``prefix`` is no such prefix. Raises
+    click.ClickException listing the candidates when several do."""
+    if not re.fullmatch(r"[0-9a-f]{4,40}", prefix):
+        return None
+    found = sorted({c for c in candidates if c.startswith(prefix)})
+    if len(found) > 1:
+        shown = ", ".join(found[:10]) + (f" and {len(found) - 10} more" if len(found) > 10 else "")
+        raise click.ClickException(f"{what} prefix {prefix!r} is ambiguous: it starts {shown}")
+    return found[0] if found else None
+
+
+def _local_keys(store: Store) -> list[NodeKey]:
+    d = _keys_dir(store)
+    return [store.key] + [NodeKey.load(os.path.join(d, f)) for f in sorted(os.listdir(d)) if f.endswith(".key")]
+
+
 def _local_key(store: Store, who: str) -> NodeKey:
-    """A local key by name ('me'/'founder' = the node key, NAME, or an ID of a local key)."""
+    """A local key by name ('me'/'founder' = the node key, NAME), its ID or a unique
+    prefix of its ID."""
     if who in ("me", "founder", store.key.id):
         return store.key
     d = _keys_dir(store)
     path = os.path.join(d, who + ".key")
     if re.fullmatch(r"[A-Za-z0-9_.-]+", who) and os.path.exists(path):
         return NodeKey.load(path)
-    for f in os.listdir(d):
-        k = NodeKey.load(os.path.join(d, f))
+    keys = _local_keys(store)
+    for k in keys:
         if k.id == who:
             return k
+    full = _by_prefix(who, [k.id for k in keys], "local key ID")
+    if full is not None:
+        return next(k for k in keys if k.id == full)
     raise click.ClickException(f"no local key {who!r} (make one with: mimeifs ledger join NAME)")
 
 
-def _account_id(store: Store, who: str) -> str:
-    return who if is_id(who) else _local_key(store, who).id
+def _account_id(led: Ledger, who: str) -> str:
+    """An account ID from an ID, a local key's name, or a unique prefix of the ID of an
+    admitted account or a local key."""
+    if is_id(who):
+        return who
+    if who in ("me", "founder") or (re.fullmatch(r"[A-Za-z0-9_.-]+", who)
+                                    and os.path.exists(os.path.join(_keys_dir(led.store), who + ".key"))):
+        return _local_key(led.store, who).id  # a name wins over an ID prefix
+    full = _by_prefix(who, [m["id"] for m in led.members()] + [k.id for k in _local_keys(led.store)],
+                      "account ID")
+    return full if full is not None else _local_key(led.store, who).id
 
 
 json_opt = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-pulse_opt = click.option("--pulse", type=int, default=None, help="A past pulse (default: the last).")
+PULSE = click.IntRange(0, (1 << 32) - 1)  # pulses are u32 in the store
+pulse_opt = click.option("--pulse", type=PULSE, default=None, help="A past pulse (default: the last).")
 
 
 @click.group()
@@ -176,6 +215,10 @@ def approve_cmd(ctx, applicant, as_json):
 @click.pass_context
 def transfer_cmd(ctx, sender, receiver, amount, as_json):
     """Transfer AMOUNT from SENDER to RECEIVER (local keys: both sign), queued for the pulse."""
+    if amount <= 0:
+        raise click.ClickException(f"transfer refused: the amount must be positive, not {amount}")
+    if amount >= 1 << 64:
+        raise click.ClickException(f"transfer refused: the amount must be below 2**64, not {amount}")
     led = _ledger(ctx)
     sk, rk = _local_key(led.store, sender), _local_key(led.store, receiver)
     try:
@@ -207,7 +250,7 @@ def balance_cmd(ctx, account, pulse, as_json):
     """Balance of ACCOUNT (ID or local name), or of every account."""
     led = _ledger(ctx)
     try:
-        ids = [_account_id(led.store, account)] if account else [m["id"] for m in led.members()]
+        ids = [_account_id(led, account)] if account else [m["id"] for m in led.members()]
         rows = []
         for i in ids:
             a = led.account(i)
@@ -244,7 +287,7 @@ def root_cmd(ctx, pulse, as_json):
 def prove_cmd(ctx, account, pulse, out, as_json):
     """Inclusion (or non-inclusion) proof of ACCOUNT against a pulse's root."""
     led = _ledger(ctx)
-    aid = _account_id(led.store, account)
+    aid = _account_id(led, account)
     p = led.pulse if pulse is None else pulse
     try:
         pr = led.tree.prove(bytes.fromhex(aid), p)
@@ -272,11 +315,13 @@ def verify_cmd(proof, root, account, as_json):
     try:
         if proof == "-":
             data = sys.stdin.buffer.read()
-        elif os.path.isfile(proof):
+        elif os.path.exists(proof):
             with open(proof, "rb") as f:
                 data = f.read()
-        else:
+        elif re.fullmatch(r"\s*(\{.*|[0-9a-fA-F]+)\s*", proof, re.S):
             data = proof.encode()
+        else:
+            raise click.ClickException(f"no such file: {proof!r} (PROOF is a file, hex, JSON or '-')")
         text = data.strip()
         if text.startswith(b"{"):
             obj = json.loads(text)
@@ -299,14 +344,14 @@ def verify_cmd(proof, root, account, as_json):
 
 @ledger.command("history")
 @click.argument("account", required=False)
-@click.option("--since", type=int, default=0, help="First pulse.")
+@click.option("--since", type=PULSE, default=0, help="First pulse.")
 @click.option("--check", is_flag=True, help="Also audit the whole chain of pulse records.")
 @json_opt
 @click.pass_context
 def history_cmd(ctx, account, since, check, as_json):
     """Pulse records and events (of ACCOUNT if given)."""
     led = _ledger(ctx)
-    aid = _account_id(led.store, account) if account else None
+    aid = _account_id(led, account) if account else None
     if check:
         try:
             led.audit()
@@ -342,10 +387,14 @@ def _book(ctx) -> CreditBook:
     return CreditBook(_store(ctx))
 
 
-def _peer(p: str) -> str:
-    if not is_id(p):
-        raise click.BadParameter(f"not a node ID (40 hex): {p!r}")
-    return p
+def _peer(book: CreditBook, p: str) -> str:
+    """A peer's node ID from the ID or a unique prefix of a peer the credit book knows."""
+    if is_id(p):
+        return p
+    full = _by_prefix(p, [r["peer"] for r in book.show()], "peer ID")
+    if full is None:
+        raise click.BadParameter(f"not a node ID (40 hex) nor a unique prefix of a known peer's: {p!r}")
+    return full
 
 
 @credit.command("grant")
@@ -360,11 +409,11 @@ def grant_cmd(ctx, peer, cap, expires, unit, as_json):
     book = _book(ctx)
     exp = time.time() + parse_duration(expires) if expires else 0
     try:
-        loc = book.grant(_peer(peer), parse_size(cap), exp, unit)
+        loc = book.grant(_peer(book, peer), parse_size(cap), exp, unit)
     except CreditError as e:
         raise click.ClickException(str(e)) from e
     _out(as_json, loc, f"letter of credit #{loc['seq']} to {peer}: cap {loc['cap']} {unit}"
-         + (f", expires {time.strftime('%Y-%m-%d %H:%M', time.localtime(exp))}" if exp else ""))
+         + (f", expires {iso_utc(exp)}" if exp else ""))
 
 
 @credit.command("revoke")
@@ -374,7 +423,8 @@ def grant_cmd(ctx, peer, cap, expires, unit, as_json):
 def revoke_cmd(ctx, peer, as_json):
     """Revoke PEER's letter of credit now."""
     try:
-        loc = _book(ctx).revoke(_peer(peer))
+        book = _book(ctx)
+        loc = book.revoke(_peer(book, peer))
     except CreditError as e:
         raise click.ClickException(str(e)) from e
     _out(as_json, loc, f"revoked the letter of credit of {peer}")
@@ -389,7 +439,8 @@ def revoke_cmd(ctx, peer, as_json):
 def use_cmd(ctx, peer, amount, unit, as_json):
     """Record that PEER used AMOUNT (e.g. 10MiB) of service (for testing by hand)."""
     try:
-        used = _book(ctx).record_use(_peer(peer), parse_size(amount), unit)
+        book = _book(ctx)
+        used = book.record_use(_peer(book, peer), parse_size(amount), unit)
     except CreditError as e:
         raise click.ClickException(str(e)) from e
     _out(as_json, {"peer": peer, "used": used}, f"{peer} has used {used} bytes")
@@ -417,7 +468,8 @@ def show_cmd(ctx, as_json):
 def settle_cmd(ctx, peer, as_json):
     """Net PEER's IOUs against ours and mark them settled."""
     try:
-        n = _book(ctx).settle(_peer(peer))
+        book = _book(ctx)
+        n = book.settle(_peer(book, peer))
     except CreditError as e:
         raise click.ClickException(str(e)) from e
     who = "owes this node" if n["net"] >= 0 else "is owed by this node"

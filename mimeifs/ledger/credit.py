@@ -35,6 +35,11 @@ UNITS = ("bw", "storage", "cpu")
 DEFAULT_COEFFICIENTS = {"bw": 1, "storage": 1, "cpu": 1_000}
 
 
+def iso_utc(t: float) -> str:
+    """Unix seconds as ISO 8601 in UTC (``2026-11-30T15:40:00Z``)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
 class CreditError(Exception):
     """A credit operation is refused: bad record, forged signature, unknown peer or unit."""
 
@@ -206,7 +211,7 @@ class CreditBook:
             if loc.get("revoked"):
                 raise CreditRefused(f"letter of credit for {peer} is revoked", peer, used, 0)
             if loc["expires"] and now >= loc["expires"]:
-                raise CreditRefused(f"letter of credit for {peer} expired at {loc['expires']:.0f}", peer, used, cap)
+                raise CreditRefused(f"letter of credit for {peer} expired at {iso_utc(loc['expires'])}", peer, used, cap)
             if used + base > cap:
                 raise CreditRefused(f"use by {peer} would pass its cap: {used} + {base} > {cap} bytes",
                                     peer, used, cap)

@@ -25,6 +25,10 @@ hash), ``members`` (ID -> {role, application, approval}), ``keys`` (ID -> public
 -> entry), ``events`` (pulse u32 || index u32 -> entry), ``pulses`` (pulse u32 -> signed
 record), and the tree's ``ledger.smt.*``. The organization's key is ``<store>/ledger/org.key``
 (mode 0600).
+
+This module keeps accounts, admission, rewards, transfers and the queue; closing and
+reading pulses is :mod:`.pulses` (a mixin of :class:`Ledger`), the event format and the
+record chain :mod:`.chain` (whose errors and functions are re-exported here).
 """
 
 from __future__ import annotations
@@ -34,87 +38,24 @@ import os
 import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable, Iterator
-
-from blake3 import blake3
+from typing import Iterator
 
 from ..ids import BadSignature, NodeKey, canonical, is_id, verify_record
 from . import records as R
-from .proof import EMPTY_HASH
+from .chain import ChainError, LedgerError, TransferRefused, entry_json, events_hash, verify_chain
+from .pulses import ACCOUNT as _ACC
+from .pulses import PulseBook
 from .smt import SparseMerkleTree
 
+__all__ = ["ChainError", "Ledger", "LedgerError", "TransferRefused", "events_hash", "verify_chain",
+           "MAX_U64", "REWARD_KINDS"]
+
 _U32 = struct.Struct(">I")
-_ACC = struct.Struct(">QQ")
 MAX_U64 = (1 << 64) - 1
 REWARD_KINDS = ("construction", "content", "mining", "operation")
 
 
-class LedgerError(Exception):
-    """A ledger operation cannot be done (no ledger here, not supervisor, bad record)."""
-
-
-class TransferRefused(LedgerError):
-    """A transfer is refused; ``reason`` says why (bad signature, replayed or skipped
-    sequence, amount not positive, balance would go negative, unknown account, ...)."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-
-
-class ChainError(LedgerError):
-    """A chain of pulse records has a broken link; the message names the pulse."""
-
-
-def events_hash(entries: Iterable[bytes]) -> str:
-    """blake3 over the entries, each prefixed by its length (u32 BE): 64 hex."""
-    h = blake3()
-    for e in entries:
-        h.update(_U32.pack(len(e)))
-        h.update(e)
-    return h.hexdigest()
-
-
-def verify_chain(records: list[dict], bookkeeper: str | None = None, org: str | None = None) -> None:
-    """Check every link of a chain of pulse records (oldest first).
-
-    Each record must be signed (by ``bookkeeper`` if given), name the same organization,
-    have pulse = previous + 1, ``prev`` = hash of the previous record, ``prev_root`` = the
-    previous record's root, and total = previous total + minted. The first record is
-    checked against nothing before it unless it is pulse 0 (then prev must be "" and
-    prev_root the empty tree). Raises :class:`ChainError` naming the first broken link.
-    """
-    prev = None
-    for rec in records:
-        try:
-            who = verify_record(rec, bookkeeper)
-        except BadSignature as e:
-            raise ChainError(f"pulse record {rec.get('pulse') if isinstance(rec, dict) else '?'}: {e}") from e
-        p = rec.get("pulse")
-        if rec.get("type") != "pulse" or not isinstance(p, int):
-            raise ChainError(f"not a pulse record: {rec!r:.80}")
-        if rec.get("bookkeeper") != who:
-            raise ChainError(f"pulse {p}: signed by {who}, but names bookkeeper {rec.get('bookkeeper')}")
-        if org is not None and rec.get("org") != org:
-            raise ChainError(f"pulse {p}: record of organization {rec.get('org')}, expected {org}")
-        if prev is None:
-            if p == 0 and (rec.get("prev") != "" or rec.get("prev_root") != EMPTY_HASH.hex()):
-                raise ChainError("pulse 0 must start from nothing and the empty tree")
-        else:
-            if p != prev["pulse"] + 1:
-                raise ChainError(f"pulse {p} follows pulse {prev['pulse']}")
-            if rec.get("org") != prev.get("org"):
-                raise ChainError(f"pulse {p}: organization changed")
-            if rec.get("prev") != R.record_hash(prev):
-                raise ChainError(f"pulse {p}: prev is not the hash of pulse {prev['pulse']}'s record")
-            if rec.get("prev_root") != prev.get("root"):
-                raise ChainError(f"pulse {p}: prev_root is not pulse {prev['pulse']}'s root")
-            if rec.get("total") != prev.get("total") + rec.get("minted", 0):
-                raise ChainError(f"pulse {p}: total changed by more than the announced reward")
-        prev = rec
-
-
-class Ledger:
+class Ledger(PulseBook):
     """The ledger of the organization kept in ``store`` (see the module docstring).
 
     Open an existing one with ``Ledger(store)`` (raises :class:`LedgerError` if
@@ -516,132 +457,9 @@ class Ledger:
 
     def pending(self) -> list[dict]:
         """The queued entries of the open pulse, as JSON-able dicts."""
-        return [_entry_json(e) for e in self._entries]
-
-    # -- pulses ----------------------------------------------------------------------------------
-    def close_pulse(self, bookkeeper: NodeKey | None = None, now: float | None = None) -> dict:
-        """Close the open pulse: apply the queued entries in their fixed order, write the
-        tree version, and sign the pulse record as bookkeeper (default: this node's key).
-        One LMDB write transaction. Returns the signed record.
-        Raises :class:`LedgerError` if the books would not balance (a bug, never a peer's
-        input: entries were checked when queued)."""
-        bk = bookkeeper or self.store.key
-        p = self.open_pulse
-        changes: dict[bytes, tuple[int, int]] = {}
-        with self.store.read() as txn:
-            delta = 0
-            for aid, s in self._overlay.items():
-                old = self._committed(txn, aid) or [0, 0]
-                delta += s[0] - old[0]
-                if s[0] < 0:
-                    raise LedgerError(f"books do not balance: {aid.hex()} would be negative")
-                if s != old or aid in self._new_accounts:
-                    changes[aid] = (s[0], s[1])
-            for aid in self._new_accounts:
-                if aid not in changes and txn.get(aid, db=self._db["accounts"]) is None:
-                    changes[aid] = (0, 0)
-        if delta != self._minted:
-            raise LedgerError(f"books do not balance: balances moved by {delta}, rewards were {self._minted}")
-        pp = _U32.pack(p)
-        with self.store.write() as txn:
-            prev_root = self.tree.root(self.pulse, txn) if self.pulse >= 0 else EMPTY_HASH
-            root = self.tree.apply_txn(txn, p, changes)
-            acc = self._db["accounts"]
-            txn.cursor(db=acc).putmulti([(k, _ACC.pack(*v)) for k, v in sorted(changes.items())])
-            txn.cursor(db=self._db["events"]).putmulti(
-                [(pp + _U32.pack(i), e) for i, e in enumerate(self._entries)], append=True)
-            rec = bk.sign_record({
-                "type": "pulse", "org": self.org_id, "pulse": p, "prev": self.last_record,
-                "prev_root": prev_root.hex(), "root": root.hex(), "events": events_hash(self._entries),
-                "count": len(self._entries), "minted": self._minted, "total": self.total + self._minted,
-                "time": time.time() if now is None else now, "bookkeeper": bk.id})
-            meta = self._db["meta"]
-            txn.put(pp, canonical(rec), db=self._db["pulses"], append=True)
-            txn.put(b"pulse", pp, db=meta)
-            txn.put(b"total", str(self.total + self._minted).encode(), db=meta)
-            txn.put(b"last", R.record_hash(rec).encode(), db=meta)
-            txn.drop(self._db["pending"], delete=False)
-        self.pulse = p
-        self.total += self._minted
-        self.last_record = R.record_hash(rec)
-        self._overlay, self._entries, self._minted, self._new_accounts = {}, [], 0, set()
-        return rec
-
-    def pulse_record(self, pulse: int | None = None) -> dict:
-        """The signed record of ``pulse`` (default: the last). Raises LedgerError if none."""
-        pulse = self.pulse if pulse is None else pulse
-        with self.store.read() as txn:
-            raw = txn.get(_U32.pack(pulse), db=self._db["pulses"]) if pulse >= 0 else None
-        if raw is None:
-            raise LedgerError(f"no pulse {pulse} in this ledger")
-        return json.loads(raw)
-
-    def pulse_records(self, start: int = 0) -> list[dict]:
-        """Every pulse record from ``start`` on, oldest first."""
-        with self.store.read() as txn:
-            cur = txn.cursor(db=self._db["pulses"])
-            if not cur.set_range(_U32.pack(start)):
-                return []
-            return [json.loads(v) for _, v in cur]
-
-    def events(self, pulse: int) -> list[bytes]:
-        """The event entries of a closed pulse, in their applied order."""
-        pp = _U32.pack(pulse)
-        with self.store.read() as txn:
-            cur = txn.cursor(db=self._db["events"])
-            out = []
-            if cur.set_range(pp):
-                for k, v in cur:
-                    if k[:4] != pp:
-                        break
-                    out.append(bytes(v))
-            return out
-
-    def history(self, account_id: str | None = None, start: int = 0) -> Iterator[dict]:
-        """Events of closed pulses from ``start`` on as dicts with their ``pulse``; only those
-        touching ``account_id`` if given."""
-        with self.store.read() as txn:
-            cur = txn.cursor(db=self._db["events"])
-            if not cur.set_range(_U32.pack(start)):
-                return
-            for k, v in cur:
-                d = _entry_json(bytes(v))
-                d["pulse"] = _U32.unpack(k[:4])[0]
-                if account_id is None or account_id in (d.get("from"), d.get("to"), d.get("who")) \
-                        or any(g[0] == account_id for g in d.get("grants", ())):
-                    yield d
-
-    def audit(self) -> None:
-        """Check the whole kept history: the chain of pulse records (signed by their
-        bookkeepers, linked), each record's events hash against the stored events, each
-        root against the stored tree (for pulses not pruned), and the sum of balances
-        against the total. Raises :class:`ChainError` at the first mismatch."""
-        recs = self.pulse_records()
-        verify_chain(recs, org=self.org_id)
-        kept = set(self.tree.pulses())
-        for rec in recs:
-            p = rec["pulse"]
-            if rec["events"] != events_hash(self.events(p)):
-                raise ChainError(f"pulse {p}: stored events do not match the record")
-            if p in kept and self.tree.root(p).hex() != rec["root"]:
-                raise ChainError(f"pulse {p}: tree root does not match the record")
-        if recs:
-            s = sum(b for _, b, _ in self.tree.items())
-            if s != recs[-1]["total"]:
-                raise ChainError(f"balances sum to {s}, the last record says {recs[-1]['total']}")
-
+        return [entry_json(e) for e in self._entries]
 
 def _aid(account_id: str) -> bytes:
     if not is_id(account_id):
         raise LedgerError(f"not an account ID (40 hex): {account_id!r}")
     return bytes.fromhex(account_id)
-
-
-def _entry_json(e: bytes) -> dict:
-    kind, body = e[:1], e[1:]
-    if kind == b"T":
-        return R.Transfer.from_wire(body).to_json()
-    d = json.loads(body)
-    if kind == b"A":
-        return {"type": "admit", "who": d["who"], "role": d["role"]}
-    return d

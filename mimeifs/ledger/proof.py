@@ -36,7 +36,6 @@ NODE = b"\x01"
 EMPTY_HASH = blake3(b"\x02").digest()
 VERSION = 1
 _LEAF = struct.Struct(">20sQQ")
-_KIND = {0: "inclusion", 1: "non-inclusion", 2: "empty"}
 
 
 class BadProof(ValueError):

@@ -37,7 +37,6 @@ TRANSFER_TAG = b"MIMEI-TRANSFER-1"
 ACCEPT_TAG = b"MIMEI-ACCEPT-1\0\0"
 _BODY = struct.Struct(">20s20s20sQQQ")
 WIRE_BYTES = _BODY.size + 128  # 220
-ROLES = ("supervisor", "member", "guest")
 
 
 class RecordError(ValueError):

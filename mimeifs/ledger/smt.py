@@ -44,55 +44,27 @@ Proofs: see :mod:`mimeifs.ledger.proof`.
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import os
-import pickle
 import struct
-import subprocess
-import sys
-import threading
-from bisect import bisect_left
-from itertools import count, repeat
 from typing import Iterator
 
-from blake3 import blake3
+from .proof import EMPTY_HASH, Proof
+from .smt_batch import KEY_BITS, batch_update, pairs, plan
+from .smt_helper import HELPER_IB, get_helper, recv, send
 
-from .proof import EMPTY_HASH, LEAF, Proof
-
-KEY_BITS = 160
-KEY_BYTES = 20
+KEY_BYTES = KEY_BITS // 8
 _U32 = struct.Struct(">I")
-_REF = struct.Struct(">II")  # pulse, index
-#: b"\x01" || d for each split depth d: the head of an internal node's hashed bytes
-_NH = [bytes((1, d)) for d in range(KEY_BITS)]
 _LEAF = struct.Struct(">20sQQ")
-_MAX_U64 = (1 << 64) - 1
 #: Internal nodes with a split depth below this are kept in memory between pulses (the
 #: paper's "Level 1 or 2 miners: all data must be in memory", Part II §VIII): every pulse
 #: of thousands of changes touches nearly all of them. 2**16 nodes at most, ~17 MB.
 CACHE_DEPTH = 16
+#: A batch of at least this many keys is split with a helper process (2+ cores).
+PARALLEL_MIN = 4096
 
 
 class SMTError(Exception):
     """A tree operation is refused: unknown pulse, pulse not increasing, bad key or value."""
-
-
-def leaf_value(key: bytes, balance: int, seq: int) -> bytes:
-    """The 36-byte leaf value: key (20) || balance (u64 BE) || seq (u64 BE).
-
-    Raises :class:`SMTError` if the key is not 20 bytes or a number is outside u64.
-    """
-    if len(key) != KEY_BYTES:
-        raise SMTError("an account key is 20 bytes")
-    if not (0 <= balance <= _MAX_U64 and 0 <= seq <= _MAX_U64):
-        raise SMTError("balance and sequence are unsigned 64-bit integers")
-    return _LEAF.pack(key, balance, seq)
-
-
-def unpack_leaf(value: bytes) -> tuple[bytes, int, int]:
-    """(key, balance, seq) of a 36-byte leaf value."""
-    return _LEAF.unpack(value)
 
 
 class SparseMerkleTree:
@@ -286,8 +258,8 @@ class SparseMerkleTree:
         if self.parallel and base is not None and len(keys) >= self.parallel_min and (os.cpu_count() or 1) > 1:
             got = self._apply_split(txn, pulse, last, base, link, keys, kv)
         if got is None:
-            new, vals, stale = _batch_update(txn, self.nodes, self._cache, self.cache_depth, pulse, keys, kv, link)
-            puts = _pairs(pulse, 0, vals) if vals else None
+            new, vals, stale = batch_update(txn, self.nodes, self._cache, self.cache_depth, pulse, keys, kv, link)
+            puts = pairs(pulse, 0, vals) if vals else None
         else:
             new, puts, stale = got
         pp = _U32.pack(pulse)
@@ -300,11 +272,11 @@ class SparseMerkleTree:
         return EMPTY_HASH if new is None else new[0]
 
     def _apply_split(self, txn, pulse: int, last: int, base: bytes, link, keys: list[int], kv: list):
-        """:func:`_batch_update` with the upper half of the subtrees done by the helper
+        """:func:`~mimeifs.ledger.smt_batch.batch_update` with the upper half of the subtrees done by the helper
         process at the same time; None if there is no helper or it refused."""
         T = max(1, len(keys) // 32)
         cache = self._cache
-        tasks = _plan(txn, self.nodes, cache, keys, link, T)
+        tasks = plan(txn, self.nodes, cache, keys, link, T)
         if len(tasks) < 2:
             return None
         half = len(keys) // 2
@@ -313,19 +285,19 @@ class SparseMerkleTree:
         mine, theirs = tasks[:m], tasks[m:]
         a = theirs[0][1]
         b = theirs[-1][2]
-        helper = _get_helper()
+        helper = get_helper()
         if helper is None:
             return None
         with helper.lock:
             try:
-                _send(helper.proc.stdin, (self.store.env.path(), self.store.env.info()["map_size"], self.name,
+                send(helper.proc.stdin, (self.store.env.path(), self.store.env.info()["map_size"], self.name,
                                           self.cache_depth, pulse, last, base,
                                           [(ln, lo - a, hi - a) for ln, lo, hi in theirs], keys[a:b], kv[a:b]))
             except (OSError, ValueError):
                 return None
-            res0, puts0, stale0 = _batch_update(txn, self.nodes, cache, self.cache_depth, pulse, keys, kv, None,
+            res0, puts0, stale0 = batch_update(txn, self.nodes, cache, self.cache_depth, pulse, keys, kv, None,
                                                 0, mine)
-            got = _recv(helper.proc.stdout)
+            got = recv(helper.proc.stdout)
         if got is None:
             # the helper refused (base not committed) or died: undo nothing (nothing was
             # written) and redo all of it here, with a cache that may hold this pulse's refs
@@ -340,11 +312,11 @@ class SparseMerkleTree:
         pop = cache.pop
         for r in stale1:
             pop(r, None)
-        new, puts2, stale2 = _batch_update(txn, self.nodes, cache, self.cache_depth, pulse, keys, kv, link,
+        new, puts2, stale2 = batch_update(txn, self.nodes, cache, self.cache_depth, pulse, keys, kv, link,
                                            1 << 31, None, preset, T)
         stale0 += stale1
         stale0 += stale2
-        return new, [*_pairs(pulse, 0, puts0), *_pairs(pulse, _HELPER_IB, puts1), *_pairs(pulse, 1 << 31, puts2)], stale0
+        return new, [*pairs(pulse, 0, puts0), *pairs(pulse, HELPER_IB, puts1), *pairs(pulse, 1 << 31, puts2)], stale0
 
     def prune(self, keep_from: int) -> int:
         """Drop every version older than pulse ``keep_from`` (its tree stays readable).
@@ -381,382 +353,3 @@ class SparseMerkleTree:
             with self.store.read() as t:
                 return self.node_count(t)
         return txn.stat(self.nodes)["entries"]
-
-
-def _batch_update(txn, db, cache: dict, CD: int, pulse: int, keys: list[int], kv: list, base,
-                  ib: int = 0, tasks=None, preset=None, T: int = 0):
-    """One batch update (internal): returns (new root link, new nodes, stale refs).
-
-    A *link* is a (hash, ref) tuple. ``keys`` are the sorted int keys, ``kv`` the matching
-    (20-byte key, 36-byte leaf value or None for a delete). ``update(link, lo, hi)``
-    returns the new link of the subtree at ``link`` after applying items ``lo:hi`` (the
-    same object if nothing changed, None if it became empty); ranges of one item take
-    ``single``, a loop down the key's path and back up with no recursion, no bisect and
-    no prefix decoding (the leaf reached tells where an inserted key splits off, as in a
-    crit-bit tree). ``build(lo, hi)`` makes a new subtree. Each touched node is read once
-    (by ``update`` from ``cache`` when it is one of the top levels; ``single`` reads LMDB
-    only, which measured as fast as a dict for those random lookups, and the cache entries
-    of the nodes it replaces are dropped at the end) and hashed once; new nodes get
-    ascending refs in creation order (children first): the values go to ``vals`` and the
-    refs come from one C-level iterator, so the pairs (see :func:`_pairs`) are born sorted.
-    Written as closures over locals: this is the ledger's hot path.
-
-    Split across processes (see :class:`_Helper`): ``ib`` is added to every new node's
-    index; with ``tasks`` (a list of (link, lo, hi)) it returns the list of their new
-    links instead of a root; with ``preset`` (lo -> new link of the task starting at lo,
-    planned by :func:`_plan` with threshold ``T``) ranges of at most ``T`` items take
-    their precomputed result, so only the top of the tree is done here.
-    """
-    puts: list[bytes] = []  # new node values; the i-th has index ib + i
-    stale: list[bytes] = []
-    put = puts.append
-    sapp = stale.append
-    get = txn.get
-    cget = cache.get
-    cpop = cache.pop
-    h3 = blake3
-    bl = bisect_left
-    nref = map(_REF.pack, repeat(pulse), count(ib)).__next__
-    NH = _NH
-    LF = LEAF
-    J = b"".join
-
-    def node(d: int, left, right, prefix: bytes):
-        head = NH[d] + left[0] + right[0]
-        ref = nref()
-        v = head + left[1] + right[1] + prefix
-        put(v)
-        if d < CD:
-            cache[ref] = v
-        return (h3(head).digest(), ref)
-
-    def leaf(v: bytes):
-        ref = nref()
-        put(v)
-        return (h3(LF + v).digest(), ref)
-
-    def build(lo: int, hi: int):
-        while lo < hi and kv[lo][1] is None:
-            lo += 1
-        while lo < hi and kv[hi - 1][1] is None:
-            hi -= 1
-        if lo == hi:
-            return None
-        if hi - lo == 1:
-            return leaf(kv[lo][1])
-        a = keys[lo]
-        j = 160 - (a ^ keys[hi - 1]).bit_length()
-        s = 159 - j
-        split = bl(keys, ((a >> s) | 1) << s, lo, hi)
-        left = build(lo, split)
-        right = build(split, hi)
-        if left is None:
-            return right
-        if right is None:
-            return left
-        return node(j, left, right, ((a >> (s + 1)) << (s + 1)).to_bytes(20, "big"))
-
-    def single(link, i: int):
-        # down the key's path: every node read from LMDB (positional get: no keyword
-        # parsing), the side taken remembered in ``bits`` for the way back up
-        k = keys[i]
-        kb, nv = kv[i]
-        ref = link[1]
-        path = []
-        refs = []
-        bits = []
-        papp = path.append
-        rapp = refs.append
-        bapp = bits.append
-        v = get(ref, None, db)
-        while len(v) != 36:
-            papp(v)
-            rapp(ref)
-            if (k >> (159 - v[1])) & 1:
-                ref = v[74:82]
-                bapp(1)
-            else:
-                ref = v[66:74]
-                bapp(0)
-            v = get(ref, None, db)
-        if v[:20] == kb:
-            if nv == v:
-                return link
-            sapp(ref)
-            if nv is None:
-                if not path:
-                    return None
-                pv = path.pop()
-                r = refs.pop()
-                sapp(r)
-                if bits.pop():
-                    h, r = pv[2:34], pv[66:74]
-                else:
-                    h, r = pv[34:66], pv[74:82]
-            else:
-                r = nref()
-                put(nv)
-                h = h3(LF + nv).digest()
-        else:
-            if nv is None:
-                return link  # deleting an absent key
-            j = 160 - (k ^ int.from_bytes(v[:20], "big")).bit_length()
-            n = 0
-            while n < len(path) and path[n][1] < j:
-                n += 1
-            if n == 0:
-                sub = link
-            else:
-                pv = path[n - 1]
-                sub = (pv[34:66], pv[74:82]) if bits[n - 1] else (pv[2:34], pv[66:74])
-            del path[n:]
-            del refs[n:]
-            del bits[n:]
-            new = leaf(nv)
-            s = 159 - j
-            if (k >> s) & 1:
-                h, r = node(j, sub, new, ((k >> (s + 1)) << (s + 1)).to_bytes(20, "big"))
-            else:
-                h, r = node(j, new, sub, ((k >> (s + 1)) << (s + 1)).to_bytes(20, "big"))
-        # back up: each parent's new value in one join, its hash over the first 66 bytes
-        stale.extend(refs)
-        for pv, b in zip(reversed(path), reversed(bits)):
-            if b:
-                nv = J((pv[:34], h, pv[66:74], r, pv[82:]))
-            else:
-                nv = J((pv[:2], h, pv[34:66], r, pv[74:]))
-            h = h3(nv[:66]).digest()
-            r = nref()
-            put(nv)
-        return (h, r)
-
-    def update(link, lo: int, hi: int):
-        if link is None:
-            return build(lo, hi)
-        if hi - lo <= T:
-            return preset[lo]
-        if hi - lo == 1:
-            return single(link, lo)
-        ref = link[1]
-        v = cget(ref)
-        if v is None:
-            v = get(ref, None, db)
-            if len(v) != 36 and v[1] < CD:
-                cache[ref] = v
-        kmin = keys[lo]
-        kmax = keys[hi - 1]
-        if len(v) == 36:
-            plo = phi = int.from_bytes(v[:20], "big")
-        else:
-            d = v[1]
-            p = int.from_bytes(v[82:102], "big")
-            sh = 160 - d
-            if not ((kmin ^ p) >> sh) and not ((kmax ^ p) >> sh):
-                s = 159 - d
-                split = bl(keys, ((p >> s) | 1) << s, lo, hi)
-                ol = (v[2:34], v[66:74])
-                orr = (v[34:66], v[74:82])
-                nl = update(ol, lo, split) if split > lo else ol
-                nr = update(orr, split, hi) if hi > split else orr
-                if nl is ol and nr is orr:
-                    return link
-                sapp(ref)
-                if d < CD:
-                    cpop(ref, None)
-                if nl is None:
-                    return nr
-                if nr is None:
-                    return nl
-                return node(d, nl, nr, v[82:102])
-            plo = p
-            phi = p | ((1 << sh) - 1)
-        # Some items fall outside this subtree's prefix: split above it at depth j < d.
-        j = 160 - ((kmin if kmin < plo else plo) ^ (kmax if kmax > phi else phi)).bit_length()
-        s = 159 - j
-        split = bl(keys, ((plo >> s) | 1) << s, lo, hi)
-        if (plo >> s) & 1:
-            left = build(lo, split)
-            right = update(link, split, hi) if hi > split else link
-        else:
-            left = update(link, lo, split) if split > lo else link
-            right = build(split, hi)
-        if left is None:
-            return right
-        if right is None:
-            return left
-        return node(j, left, right, ((plo >> (s + 1)) << (s + 1)).to_bytes(20, "big"))
-
-    if tasks is not None:
-        res = [update(link, lo, hi) for link, lo, hi in tasks]
-    else:
-        res = update(base, 0, len(keys)) if keys else base
-    if cache:  # single() neither reads nor fills the cache: drop the top nodes it replaced
-        for r in stale:
-            cpop(r, None)
-    return res, puts, stale
-
-
-def _pairs(pulse: int, ib: int, vals: list[bytes]):
-    """(ref, value) pairs of new node values numbered from ``ib``, for putmulti."""
-    return zip(map(_REF.pack, repeat(pulse), count(ib)), vals)
-
-
-def _plan(txn, db, cache: dict, keys: list[int], base, T: int) -> list:
-    """The (link, lo, hi) ranges of at most ``T`` items that :func:`_batch_update`'s
-    ``update`` meets first, in key order: it follows the same descent, reading only the
-    few nodes above them (new subtrees built from nothing are left to the top pass)."""
-    tasks: list = []
-
-    def plan(link, lo: int, hi: int) -> None:
-        if link is None:
-            return
-        if hi - lo <= T:
-            tasks.append((link, lo, hi))
-            return
-        ref = link[1]
-        v = cache.get(ref)
-        if v is None:
-            v = txn.get(ref, db=db)
-        kmin = keys[lo]
-        kmax = keys[hi - 1]
-        if len(v) == 36:
-            plo = phi = int.from_bytes(v[:20], "big")
-        else:
-            d = v[1]
-            p = int.from_bytes(v[82:102], "big")
-            sh = 160 - d
-            if not ((kmin ^ p) >> sh) and not ((kmax ^ p) >> sh):
-                s = 159 - d
-                split = bisect_left(keys, ((p >> s) | 1) << s, lo, hi)
-                if split > lo:
-                    plan((v[2:34], v[66:74]), lo, split)
-                if hi > split:
-                    plan((v[34:66], v[74:82]), split, hi)
-                return
-            plo = p
-            phi = p | ((1 << sh) - 1)
-        j = 160 - ((kmin if kmin < plo else plo) ^ (kmax if kmax > phi else phi)).bit_length()
-        s = 159 - j
-        split = bisect_left(keys, ((plo >> s) | 1) << s, lo, hi)
-        if (plo >> s) & 1:
-            if hi > split:
-                plan(link, split, hi)
-        elif split > lo:
-            plan(link, lo, split)
-
-    plan(base, 0, len(keys))
-    return tasks
-
-
-#: A batch of at least this many keys is split with a helper process (2+ cores).
-PARALLEL_MIN = 4096
-_HELPER_IB = 1 << 30  # the helper's node indexes; the top pass uses 1 << 31
-_LEN = struct.Struct(">Q")
-
-
-def _send(f, obj) -> None:
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    f.write(_LEN.pack(len(data)))
-    f.write(data)
-    f.flush()
-
-
-def _recv(f):
-    head = f.read(8)
-    if len(head) < 8:
-        return None
-    n = _LEN.unpack(head)[0]
-    data = f.read(n)
-    if len(data) < n:
-        return None
-    return pickle.loads(data)
-
-
-class _Helper:
-    """A child interpreter (``python -m mimeifs.ledger.smt``) that updates the upper half
-    of a pulse's subtrees while this process does the lower half.
-
-    Python runs one thread at a time and a tree node costs a few microseconds of it, so a
-    second core is used by a second process. The helper opens the same LMDB environment
-    read-only and reads the newest *committed* tree (it refuses, and this process does
-    all the work, if the base pulse is not committed yet); it writes nothing and returns
-    its new nodes, stale refs and subtree links over a pipe. It keeps its own top-level
-    cache under the same rule as the tree's (trusted only for the pulse it last did).
-    A fresh interpreter rather than fork(): the parent may run threads (FUSE, LMDB).
-    """
-
-    def __init__(self):
-        env = dict(os.environ)
-        pkg_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env["PYTHONPATH"] = pkg_root + os.pathsep + env.get("PYTHONPATH", "")
-        self.proc = subprocess.Popen([sys.executable, "-m", "mimeifs.ledger.smt"], env=env,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        self.lock = threading.Lock()
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            self.proc.stdin.close()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(5)
-
-
-_helper: _Helper | None = None
-_helper_lock = threading.Lock()
-
-
-def _get_helper() -> _Helper | None:
-    global _helper
-    with _helper_lock:
-        if _helper is None or not _helper.alive():
-            try:
-                _helper = _Helper()
-            except OSError:
-                return None
-            atexit.register(_helper.close)
-        return _helper
-
-
-def _helper_main() -> None:  # pragma: no cover - runs in the child process
-    import lmdb
-    inp, out = sys.stdin.buffer, sys.stdout.buffer
-    envs: dict = {}
-    caches: dict = {}  # (env path, tree name) -> [cache, pulse it is trusted for]
-    while True:
-        msg = _recv(inp)
-        if msg is None:
-            return
-        path, map_size, name, cd, pulse, base_pulse, base, tasks, keys, kv = msg
-        env = envs.get(path)
-        if env is None:
-            for old in list(envs):  # keep one environment open: stores come and go
-                envs.pop(old).close()
-                for c in [c for c in caches if c[0] == old]:
-                    del caches[c]
-            env = envs[path] = lmdb.open(path, readonly=True, lock=True, max_dbs=64, max_readers=512,
-                                         map_size=map_size, readahead=False)
-        slot = caches.setdefault((path, name), [{}, None])
-        cache = slot[0]
-        if slot[1] != base_pulse or len(cache) > 1 << 18:
-            cache.clear()
-        slot[1] = None
-        with env.begin() as txn:
-            try:
-                roots = env.open_db((name + ".roots").encode(), txn=txn, create=False)
-                ok = txn.get(_U32.pack(base_pulse), db=roots) == base
-            except lmdb.Error:
-                ok = False
-            if not ok:
-                _send(out, None)  # the base pulse is not committed: the parent does it all
-                continue
-            db = env.open_db((name + ".nodes").encode(), txn=txn, create=False)
-            res, puts, stale = _batch_update(txn, db, cache, cd, pulse, keys, kv, None, _HELPER_IB, tasks)
-        slot[1] = pulse
-        same = [0 if r is t[0] else r for r, t in zip(res, tasks)]
-        _send(out, (same, puts, stale))
-
-
-if __name__ == "__main__":
-    _helper_main()

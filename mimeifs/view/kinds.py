@@ -10,13 +10,13 @@ passes itself (``v``) for the engine, the owner and the caches.
 from __future__ import annotations
 
 import errno
-import json
 import stat
 
 from .. import ids
 from ..engine.errors import EngineError, NotFound
 from .nodes import (CUR, FIXED_DIRS, LONG, MAC, MM, NAME, ROOT, SHARED, SHORT, Attr, Node,
                     ver_inos, vino)
+from . import shares
 
 _S_IFMT, _S_IFDIR = 0o170000, stat.S_IFDIR
 DIR_MODE = stat.S_IFDIR | 0o755
@@ -95,7 +95,9 @@ class Fixed(Kind):
             from ..engine.objects import Entry
             e = Entry(name, stat.S_IFREG | 0o444, 0, 0, m.size, v.start_ns, 0, m.hash, b"", ())
             return v.named(vino("mac", h), Node("mac", entry=e, parent=MAC))
-        raise NotFound()  # shared/: no shares yet
+        if node.ino == SHARED:
+            return shares.shared_lookup(v, name)
+        raise NotFound()
 
     def children(self, v, node):
         if node.ino == MM:
@@ -110,6 +112,8 @@ class Fixed(Kind):
         if node.ino == MAC:
             return [(h.encode(), n, v.attr(n)) for h in v.e.mac_list()
                     for n in (self.lookup(v, node, h.encode()),)]
+        if node.ino == SHARED:
+            return shares.shared_children(v)
         return []
 
     def xattrs(self, v, node):
@@ -283,13 +287,7 @@ class Info(Kind):
 
     @staticmethod
     def render(v, mid: str) -> bytes:
-        info = v.e.info(mid)
-        st = v.e.state(mid)
-        doc = {k: info[k] for k in ("id", "author", "app_type", "mimei_type", "ext", "mark",
-                                    "created", "rights")}
-        doc["last"] = st["last"]
-        doc["release"] = None if st["release"] is None else st["release"]["n"]
-        return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+        return v.e.info_file(mid)  # engine.mimei.info_json: ISO 8601 times, octal rights
 
 
 class MacFile(Kind):
@@ -336,6 +334,7 @@ KINDS: dict[str, Kind] = {
     "root": Root(), "fixed": Fixed(), "mimei": MiMeiDir(), "vdir": VersionsDir(),
     "ver": Version(), "last": Pointer(), "release": Pointer(), "ref": Link(),
     "namelink": Link(), "refs": RefsDir(), "info": Info(), "mac": MacFile(), "cur": Cur(),
+    **shares.KINDS,
 }
 
 __all__ = ["KINDS", "Kind", "CUR", "LONG", "SHORT", "MM", "NAME", "MAC", "SHARED", "ROOT"]

@@ -10,6 +10,7 @@ A :class:`Node` names one thing in the tree (DESIGN.md "The mounted view")::
     /mm/<id>/.refs/<t>     "ref"        /mm/<id>/.info       "info"
     /mm/<id>/cur[/...]     "cur"        /name/<mark>         "namelink"
     /mac/<hash>            "mac"
+    /shared/<name>[/...]   "share"      /shared/<file>       "mmfs"
 
 Every node has a number (``ino``) that is stable across runs: cur inodes keep the
 engine's persistent inode numbers (below :data:`VIRT`); every other node's number is
@@ -63,7 +64,9 @@ class Node:
     """One node of the view. ``kind`` as in the module docstring; ``mimei`` (40 hex)
     and ``n`` (version) where they apply; ``entry`` a version's or Mac file's DAG
     entry; ``target`` a symlink's target; ``parent`` the number of the directory it
-    was found in; ``ino`` its own number."""
+    was found in; ``ino`` its own number. A ``share`` node (:mod:`.shares`) shows
+    ``inner``, the node of ``mm/`` it stands for, under the share ``share`` (the
+    share's key)."""
     kind: str
     mimei: str = ""
     n: int = -1
@@ -71,6 +74,8 @@ class Node:
     target: bytes = b""
     parent: int = ROOT
     ino: int = 0
+    share: str = ""
+    inner: "Node | None" = None
 
 
 def ver_inos(d: Node, d_ino: int):

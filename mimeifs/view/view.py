@@ -25,6 +25,8 @@ import time
 from ..engine.errors import EngineError, NotFound
 from ..engine.mimei import Engine
 from ..engine.worktree import Inode
+from . import share_writes as _share_writes
+from . import shares as _shares
 from .cur import CurWrites
 from .kinds import KINDS
 from .nodes import FIXED_DIRS, LONG, CUR, ROOT, VIRT, Attr, Node, vino
@@ -37,7 +39,11 @@ class View(CurWrites):
     """The store as a tree. ``engine`` is an open :class:`Engine`; ``owner_uid`` owns
     the nodes that are not cur inodes (the mounting user); ``in_use(number) -> bool``
     tells whether a door still holds a cur inode open (an unlinked file stays readable
-    until its last close)."""
+    until its last close).
+
+    ``shares`` is the share table ``shared/`` shows (see :mod:`.shares`; None: an
+    empty ``shared/``), set by whoever composes the view. Doors that cache nodes
+    :meth:`subscribe` to hear what changed behind their back (:meth:`changed`)."""
 
     def __init__(self, engine: Engine, owner_uid: int = 0, in_use=lambda ino: False):
         self.e = engine
@@ -45,6 +51,30 @@ class View(CurWrites):
         self.in_use = in_use
         self.start_ns = time.time_ns()
         self._nlinks: dict[bytes, int] = {}  # tree hash -> st_nlink (trees never change)
+        self.shares = None
+        self._listeners: list = []
+
+    # ------------------------------------------------------------------ change events
+    def subscribe(self, fn) -> None:
+        """Call ``fn(mimei, inos, entries)`` when nodes changed other than through a
+        door's own request: ``inos`` numbers whose attributes or bytes changed,
+        ``entries`` (directory number, name) pairs that now name something else or
+        nothing; ``inos`` None means every node of MiMei ``mimei``. Runs on the
+        caller's thread and must not block."""
+        self._listeners.append(fn)
+
+    def changed(self, mimei: str | None, inos=None, entries=()) -> None:
+        """Tell the subscribers that cur nodes ``inos`` / ``entries`` of ``mimei``
+        changed (None: all of them), adding the share nodes that show them."""
+        entries = list(entries)
+        if inos is not None and mimei:
+            more_i, more_e = _shares.aliases(self, mimei, inos, entries)
+            inos = list(inos) + more_i
+            entries += more_e
+        if mimei:
+            entries += _shares.share_entries(self, mimei)
+        for fn in list(self._listeners):
+            fn(mimei, inos, entries)
 
     # ------------------------------------------------------------------ nodes
     def root(self) -> Node:
@@ -124,6 +154,8 @@ class View(CurWrites):
     def open_check(self, node: Node, writing: bool) -> None:
         """Whether ``node`` may be opened as a file (for writing): EISDIR for
         directories, EROFS for anything but cur, EACCES for another author's cur."""
+        if _shares.routed(node) and not _shares.is_shared_dir(node):
+            return _share_writes.open_check(self, node, writing)
         if node.kind == "cur":
             n = self.e.wt.getattr(node.ino)
             if n.is_dir:
@@ -140,6 +172,17 @@ class View(CurWrites):
         if node.kind not in ("ver", "mac", "info"):
             raise EngineError(errno.EISDIR)
 
+    @staticmethod
+    def may_change(node: Node) -> bool:
+        """True if the bytes of file ``node`` may change while a door holds them (cur,
+        a share of cur, a file of ``shared/``): a door must not keep their pages."""
+        return node.kind == "cur" or _shares.may_change(node)
+
+    @staticmethod
+    def shown(node: Node) -> Node:
+        """The ``mm/`` node a share node shows (any other node: itself)."""
+        return node.inner if node.kind == _shares.SHARE else node
+
     def statfs(self) -> os.statvfs_result:
         """statvfs of the store's filesystem (what a mount reports as its own)."""
         return os.statvfs(self.e.store.path)
@@ -152,11 +195,12 @@ class View(CurWrites):
         return Attr(ino, mode, size, nlink, self.owner_uid if uid is None else uid,
                     0 if gid is None else gid, rdev, t, t, t, (size + 511) // 512, cache)
 
-    @staticmethod
-    def cur_attr(n: Inode) -> Attr:
+    def cur_attr(self, n: Inode) -> Attr:
+        """Attributes of cur inode ``n``; ``blocks`` is the data it really holds (a
+        sparse file's holes are not counted: :meth:`Worktree.st_blocks`)."""
         return Attr(n.ino, n.mode, n.size if not n.is_dir else 4096, max(n.nlink, 0), n.uid,
                     n.gid, n.rdev, n.mtime_ns, n.atime_ns, n.ctime_ns,
-                    (n.size + 511) // 512 if n.is_reg else 0, CUR)
+                    self.e.wt.st_blocks(n), CUR)
 
     def dir_nlink(self, tree_hash: bytes) -> int:
         """2 + subdirectories, ext4's convention (cur counts the same way)."""

@@ -81,8 +81,15 @@ def test_create_is_idempotent_and_ids_follow_the_formula(engine, tmp_path):
     assert a == ids.mimei_id(e.node_id, "", "fs", "photos")
     assert e.names()["photos"] == a
     assert e.resolve("photos") == a and e.resolve(a) == a
-    assert e.create("file", "photos") != a            # the type is part of the ID
-    assert e.create("fs", "photos", app_type="x") != a  # so is the app type
+    assert ids.mimei_id(e.node_id, "", "file", "photos") != a  # the type is part of the ID
+    assert ids.mimei_id(e.node_id, "x", "fs", "photos") != a   # so is the app type
+    # ... but a mark names one MiMei per author (issue 11 item 8): another type or app
+    # type with a mark in use is refused, saying which MiMei has it
+    for kw in ({"mimei_type": "file"}, {"mimei_type": "fs", "app_type": "x"}):
+        with pytest.raises(MiMeiError) as ex:
+            e.create(mark="photos", **kw)
+        assert ex.value.errno == errno.EEXIST and a in str(ex.value)
+    assert e.list() == [a]
     info = e.info(a)
     assert ids.verify_record(info, e.node_id) == e.node_id
     assert (info["author"], info["mimei_type"], info["mark"]) == (e.node_id, "fs", "photos")

@@ -1,27 +1,37 @@
-"""Marks shared by two MiMei, and reads that refuse corrupted chunks."""
+"""A mark names one MiMei per author, and reads that refuse corrupted chunks."""
 
 from __future__ import annotations
 
+import errno
 import os
 
 import pytest
 
 from mimeifs.engine import blocks
+from mimeifs.engine.mimei import MiMeiError
 
 from .conftest import mkfile
 
 
-def test_first_mimei_keeps_a_shared_mark_and_gets_it_back(engine):
+def test_a_mark_names_one_mimei_per_author(engine):
+    """Issue 11 item 8: create refuses a mark in use whatever the type or app type (as
+    fork does); once the MiMei that had it is gone, the mark is free again."""
     e = engine
     a = e.create("fs", "photos")
-    b = e.create("file", "photos")
-    assert a != b
-    assert e.names()["photos"] == a          # the newer one does not steal the name
+    for kw in ({"mimei_type": "file"}, {"mimei_type": "fs", "app_type": "x"}):
+        with pytest.raises(MiMeiError) as ex:
+            e.create(mark="photos", **kw)
+        assert ex.value.errno == errno.EEXIST and a in str(ex.value)
+    rec = e.backup(a)
+    with pytest.raises(MiMeiError) as ex:
+        e.fork(a, rec["n"], "photos")
+    assert ex.value.errno == errno.EEXIST
+    assert e.names() == {"photos": a} and e.list() == [a]
     assert e.resolve("photos") == a
     e.rm(a)
-    assert e.names()["photos"] == b          # the name moves to the one left
-    e.rm(b)
     assert "photos" not in e.names()
+    b = e.create("file", "photos")
+    assert b != a and e.names()["photos"] == b and e.resolve("photos") == b
 
 
 def test_read_of_a_corrupted_raw_chunk_is_an_error_not_wrong_bytes(fs):

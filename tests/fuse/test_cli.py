@@ -108,10 +108,14 @@ def test_create_options_through_the_cli(fresh_mfs):
     info = json.loads((m.mm(a) / ".info").read_text())
     assert (info["mimei_type"], info["ext"], info["app_type"]) == ("file", "txt", "notes")
     assert info["mark"].startswith("auto")
-    # the same author, app type, type and mark: the same ID; another app type: another
+    # the same author, app type, type and mark: the same ID; the mark with another app
+    # type or type is refused (a mark names one MiMei per author, issue 11 item 8)
     c = m.run("create", "--type", "fs", "--mark", "same", "--app-type", "x").stdout.strip()
     assert m.run("create", "--type", "fs", "--mark", "same", "--app-type", "x").stdout.strip() == c
-    assert m.run("create", "--type", "fs", "--mark", "same", "--app-type", "y").stdout.strip() != c
+    for other in (["--type", "fs", "--app-type", "y"], ["--type", "file", "--app-type", "x"]):
+        p = m.run("create", "--mark", "same", *other, check=False)
+        assert p.returncode == 1 and c in p.stderr and "one MiMei per author" in p.stderr
+    assert os.readlink(m.mnt / "name" / "same") == f"../mm/{c}"
 
 
 def test_whole_mimei_commands_without_a_mount(unmounted, tmp_path):
@@ -224,7 +228,7 @@ def test_progress_bars_on_a_terminal(unmounted, tmp_path):
     assert code == 0 and "clean" in out, out[-2000:]
     assert _shown(out, "check") > 0, out[-2000:]
     # not a terminal: no bar at all
-    p = m.run("backup", mid)
+    p = m.run("backup", mid, "--allow-empty")  # cur is unchanged since v/1
     assert "backup:" not in p.stderr and p.stdout.split()[0] == "2"
 
 

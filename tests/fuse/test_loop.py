@@ -65,22 +65,26 @@ def test_request_after_the_window_is_waited_for_in_trio():
 
 
 def test_polling_backs_off_after_misses_and_comes_back():
+    # The request is written by a trio task, which can run only once the waiter has
+    # parked (its polling never yields to trio): every wait is a miss whatever the
+    # machine's load, where a thread writing after a sleep could land inside the window.
     async def main(r, w):
         waiter = loop.RequestWaiter(busy_poll_us=200)
-        spent = []
-        for i in range(loop.MISSES_TO_BACK_OFF + loop.BACK_OFF_WAITS + 1):
-            t = _write_later(w, 0.003)
-            t0 = time.perf_counter()
-            await waiter.wait_readable(r)
-            spent.append(time.perf_counter() - t0)
-            t.join()
-            os.read(r, 1)
-            if i == loop.MISSES_TO_BACK_OFF - 1:
-                assert waiter._skip == loop.BACK_OFF_WAITS
+
+        async def request():
+            os.write(w, b"x")
+
+        async with trio.open_nursery() as n:
+            for i in range(loop.MISSES_TO_BACK_OFF + loop.BACK_OFF_WAITS + 1):
+                n.start_soon(request)
+                await waiter.wait_readable(r)
+                os.read(r, 1)
+                if i == loop.MISSES_TO_BACK_OFF - 1:
+                    assert waiter._skip == loop.BACK_OFF_WAITS
         assert waiter._skip == 0
         return waiter.stats
     stats = _run_with_pipe(main)
-    # every wait outlasted the 200 µs window: all parked, none polled
+    # no wait found its request within the 200 µs window: all parked, none polled
     assert stats["parked"] == loop.MISSES_TO_BACK_OFF + loop.BACK_OFF_WAITS + 1
     assert stats["polled"] == 0
 

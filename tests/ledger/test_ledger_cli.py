@@ -87,3 +87,18 @@ def test_missing_store_is_a_clear_error(tmp_path):
     Store.create(path, map_size=1 << 26).close()
     r = CliRunner().invoke(main, ["--store", path, "ledger", "balance"])
     assert r.exit_code == 1 and "no ledger" in r.output
+
+
+def test_out_of_range_numbers_are_clean_errors(run):
+    """Pulses are u32, sizes and amounts below 2**64, durations bounded: a number outside
+    is a one-line error (click's usage error or a ClickException), never a struct.error."""
+    run("ledger", "init", "--org", "acme")
+    for args in (["ledger", "root", "--pulse", "-1"], ["ledger", "root", "--pulse", str(1 << 40)],
+                 ["ledger", "balance", "--pulse", str(1 << 32)], ["ledger", "prove", "me", "--pulse", str(1 << 33)],
+                 ["ledger", "history", "--since", str(1 << 40)], ["ledger", "history", "--since", "-3"],
+                 ["ledger", "transfer", "me", "me", "--", "-5"], ["ledger", "transfer", "me", "me", str(1 << 64)],
+                 ["credit", "grant", "ab" * 20, "--cap", "99999999TiB"],
+                 ["credit", "grant", "ab" * 20, "--cap", "1MiB", "--expires", "99999999999d"]):
+        out = run(*args, ok=False)
+        assert "Error" in out and "struct.error" not in out and "Traceback" not in out, (args, out)
+    assert "must be positive" in run("ledger", "transfer", "me", "me", "--", "-5", ok=False)
