@@ -118,7 +118,7 @@ def test_forged_and_downgraded_version_records_are_not_believed(author, tmp_path
         try:
             d.bootstrap([("127.0.0.1", a.port)])
             import json as _json
-            raw_info = _json.loads(a.run("info", mid))
+            raw_info = _json.loads(a.run("info", mid, "--signed"))
             v1 = _json.loads(a.run("log", mid, "--json"))
             # forged: a v/9 of A's MiMei signed by mallory
             forged = mallory.sign_record({"type": "version", "mimei": mid, "n": 9, "kind": "fs",
