@@ -28,9 +28,10 @@ class _Main(click.Group):
     imports cost ~40 ms per command."""
 
     _LAZY = ("credit", "db", "ledger", "share", "shares")
+    _LAZY_NET = ("pin", "unpin", "replicate", "peers", "providers", "net")
 
     def list_commands(self, ctx):
-        return sorted(set(super().list_commands(ctx)) | set(self._LAZY))
+        return sorted(set(super().list_commands(ctx)) | set(self._LAZY) | set(self._LAZY_NET))
 
     def get_command(self, ctx, name):
         if name == "db" and name not in self.commands:
@@ -44,6 +45,10 @@ class _Main(click.Group):
             from .shares.cli import share, shares
             self.add_command(share)
             self.add_command(shares)
+        if name in self._LAZY_NET and name not in self.commands:
+            from .net.cli import COMMANDS
+            for c in COMMANDS:
+                self.add_command(c)
         return super().get_command(ctx, name)
 
 
@@ -154,9 +159,12 @@ def _resp_option(ctx, param, value):
               help="serve db MiMei over RESP (Redis protocol) on this TCP address too")
 @click.option("--http", "http", metavar="HOST:PORT", callback=lambda c, p, v: _http_opt(v),
               help="serve HTTP and WebDAV there (a bare PORT: 127.0.0.1 only)")
+@click.option("--listen", metavar="HOST:PORT", help="run the network node: TCP stream and UDP DHT on this address (default: none, no port opens; or [net] listen in <store>/config.toml)")
+@click.option("--peer", "peers", metavar="HOST:PORT", multiple=True, help="a node to connect to and join the DHT through (repeatable)")
 @json_opt
 @click.pass_context
-def mount(ctx, mountpoint, foreground, allow_other, debug, busy_poll_us, dir_readahead, resp, http, as_json):
+def mount(ctx, mountpoint, foreground, allow_other, debug, busy_poll_us, dir_readahead, resp, http,
+          listen, peers, as_json):
     """Mount the store at MOUNTPOINT (a daemon unless --foreground)."""
     from .fuse.ctl import mount_info
     from .fuse.mount import MountError, mount as do_mount
@@ -165,7 +173,7 @@ def mount(ctx, mountpoint, foreground, allow_other, debug, busy_poll_us, dir_rea
     try:
         code = do_mount(ctx.obj["store_path"], mountpoint, foreground, allow_other, debug,
                         busy_poll_us=busy_poll_us, dir_readahead=dir_readahead,
-                        extra={"resp": resp}, http=http)
+                        extra={"resp": resp, "net": {"listen": listen, "peers": list(peers)}}, http=http)
     except MountError as e:
         raise _fail(str(e)) from None
     if not foreground:
@@ -183,9 +191,11 @@ def mount(ctx, mountpoint, foreground, allow_other, debug, busy_poll_us, dir_rea
               help="serve db MiMei over RESP (Redis protocol) on this TCP address too")
 @click.option("--http", "http", metavar="HOST:PORT", callback=lambda c, p, v: _http_opt(v),
               help="serve HTTP and WebDAV there (a bare PORT: 127.0.0.1 only)")
+@click.option("--listen", metavar="HOST:PORT", help="run the network node: TCP stream and UDP DHT on this address (default: none, no port opens; or [net] listen in <store>/config.toml)")
+@click.option("--peer", "peers", metavar="HOST:PORT", multiple=True, help="a node to connect to and join the DHT through (repeatable)")
 @json_opt
 @click.pass_context
-def serve(ctx, foreground, debug, resp, http, as_json):
+def serve(ctx, foreground, debug, resp, http, listen, peers, as_json):
     """Run a headless node on the store (no FUSE mount): the services only.
 
     Stop it with `mimeifs stop` (or SIGTERM)."""
@@ -194,7 +204,8 @@ def serve(ctx, foreground, debug, resp, http, as_json):
     try:
         check_not_running(ctx.obj["store_path"])
         code = start(DaemonConfig(ctx.obj["store_path"], None, debug=debug, http=http,
-                                  extra={"resp": resp}), foreground)
+                                  extra={"resp": resp, "net": {"listen": listen, "peers": list(peers)}}),
+                     foreground)
     except (MountError, StartError) as e:
         raise _fail(str(e)) from None
     if not foreground:

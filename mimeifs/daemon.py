@@ -119,7 +119,11 @@ class Daemon:
     def __init__(self, cfg: DaemonConfig):
         self.cfg = cfg
         self.store = Store.open(cfg.store_path)
+        self.net_config = net_config(cfg)
         self.fetcher = None
+        if self.net_config is not None:
+            from .net.node import NetFetcher
+            self.fetcher = NetFetcher()
         self.engine = Engine(self.store, fetcher=self.fetcher)
         reaped = self.engine.wt.reap_orphans()
         if reaped:
@@ -260,10 +264,24 @@ def build_services(d: Daemon) -> list:
     from .resp.server import RespServer  # db MiMei over RESP: the store's Unix socket, TCP if asked
     services.append(RespServer(d.engine, cfg.extra.get("resp"),
                                None if cfg.extra.get("resp_unix", True) else ""))
+    if d.net_config is not None:
+        from .net.node import NetNode
+        services.append(NetNode(d.store, d.net_config, d.engine, fetcher=d.fetcher))
     if cfg.http:
         from .gateway.service import GatewayService
         services.append(GatewayService(d.engine, d.view, cfg.http))
     return services
+
+
+def net_config(cfg: DaemonConfig):
+    """The network node's settings (``mimeifs/net/config.py``): the store's
+    ``config.toml`` ``[net]`` under ``cfg.extra["net"]`` (``listen``, ``peers`` from the
+    command line); None when neither listens nor names a peer (then no network runs and
+    no port opens). Raises ``net.config.ConfigError``."""
+    from .net.config import load
+    opts = cfg.extra.get("net") or {}
+    c = load(cfg.store_path, listen=opts.get("listen"), peers=list(opts.get("peers") or []) or None)
+    return c if (c.listen or c.peers) else None
 
 
 class StartError(Exception):

@@ -25,7 +25,8 @@ fi
 
 # --- system packages -----------------------------------------------------------------
 PKGS=(fuse3 libfuse3-dev pkg-config gcc git rsync sqlite3 tar attr b3sum ca-certificates
-      redis-server redis-tools)  # the db tests compare with a real redis-server and redis-cli
+      redis-server redis-tools  # the db tests compare with a real redis-server and redis-cli
+      iproute2)                 # ip netns, tc: tools/bench_net.py's shaped link
 # the gateway's tests and benchmark: curl, a WebDAV client, a headless browser and its
 # driver, and the competitors of tools/bench_http.py (wrk, nginx)
 PKGS+=(curl rclone chromium chromium-driver wrk nginx-light)

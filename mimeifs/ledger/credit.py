@@ -219,6 +219,34 @@ class CreditBook:
             self._put_granted(txn, peer, e)
             return e["used"]
 
+    def record_served(self, peer: str, amount: int) -> int:
+        """Add ``amount`` bytes already served to ``peer``'s use without checking the cap
+        (the network meter checks the letter before serving and persists its counts in
+        batches through here, so a letter lowered or revoked between a serve and its
+        flush cannot make the book disagree with the bytes sent). Returns the new total.
+        Raises CreditError if there is no letter for ``peer``."""
+        if not isinstance(amount, int) or amount < 0:
+            raise CreditError("use is a non-negative integer")
+        with self._lock, self.store.write() as txn:
+            e = self._granted(txn, peer) if is_id(peer) else None
+            if e is None:
+                raise CreditError(f"no letter of credit granted to {peer}")
+            e["used"] += amount
+            self._put_granted(txn, peer, e)
+            return e["used"]
+
+    def iou_out(self, lender: str) -> dict | None:
+        """The newest IOU this node signed to ``lender`` (or None)."""
+        with self.store.read() as txn:
+            raw = txn.get(bytes.fromhex(lender), db=self._db["iou_out"]) if is_id(lender) else None
+        return json.loads(raw) if raw else None
+
+    def used(self, peer: str) -> int:
+        """Base units ``peer`` has used of this node's service (0 if none)."""
+        with self.store.read() as txn:
+            e = self._granted(txn, peer) if is_id(peer) else None
+        return e["used"] if e else 0
+
     # -- records from peers -----------------------------------------------------------------
     def accept_letter(self, rec: dict) -> dict:
         """Keep a letter of credit a peer granted to this node (newest seq wins). Raises
