@@ -146,6 +146,25 @@ def _resp_option(ctx, param, value):
     return value
 
 
+def service_options(fn):
+    """The options every daemon takes (mount and serve): the further services it runs
+    (--resp, --http, --listen/--peer; none opens a port unless named) and --json."""
+    for deco in reversed([
+        click.option("--resp", "resp", metavar="HOST:PORT", default=None, callback=_resp_option,
+                     help="serve db MiMei over RESP (Redis protocol) on this TCP address too"),
+        click.option("--http", "http", metavar="HOST:PORT", callback=lambda c, p, v: _http_opt(v),
+                     help="serve HTTP and WebDAV there (a bare PORT: 127.0.0.1 only)"),
+        click.option("--listen", metavar="HOST:PORT",
+                     help="run the network node: TCP stream and UDP DHT on this address (default: "
+                          "none, no port opens; or [net] listen in <store>/config.toml)"),
+        click.option("--peer", "peers", metavar="HOST:PORT", multiple=True,
+                     help="a node to connect to and join the DHT through (repeatable)"),
+        json_opt,
+    ]):
+        fn = deco(fn)
+    return fn
+
+
 @main.command()
 @click.argument("mountpoint", type=click.Path(file_okay=False))
 @click.option("--foreground", "-f", is_flag=True, help="stay in the foreground, log to stderr")
@@ -155,13 +174,7 @@ def _resp_option(ctx, param, value):
               help="poll /dev/fuse this long after each request before sleeping (0: never)")
 @click.option("--dir-readahead/--no-dir-readahead", default=True, show_default=True,
               help="on opening a version file, push its small siblings into the page cache")
-@click.option("--resp", "resp", metavar="HOST:PORT", default=None, callback=_resp_option,
-              help="serve db MiMei over RESP (Redis protocol) on this TCP address too")
-@click.option("--http", "http", metavar="HOST:PORT", callback=lambda c, p, v: _http_opt(v),
-              help="serve HTTP and WebDAV there (a bare PORT: 127.0.0.1 only)")
-@click.option("--listen", metavar="HOST:PORT", help="run the network node: TCP stream and UDP DHT on this address (default: none, no port opens; or [net] listen in <store>/config.toml)")
-@click.option("--peer", "peers", metavar="HOST:PORT", multiple=True, help="a node to connect to and join the DHT through (repeatable)")
-@json_opt
+@service_options
 @click.pass_context
 def mount(ctx, mountpoint, foreground, allow_other, debug, busy_poll_us, dir_readahead, resp, http,
           listen, peers, as_json):
@@ -187,13 +200,7 @@ def mount(ctx, mountpoint, foreground, allow_other, debug, busy_poll_us, dir_rea
 @main.command()
 @click.option("--foreground", "-f", is_flag=True, help="stay in the foreground, log to stderr")
 @click.option("--debug", is_flag=True, help="verbose logging")
-@click.option("--resp", "resp", metavar="HOST:PORT", default=None, callback=_resp_option,
-              help="serve db MiMei over RESP (Redis protocol) on this TCP address too")
-@click.option("--http", "http", metavar="HOST:PORT", callback=lambda c, p, v: _http_opt(v),
-              help="serve HTTP and WebDAV there (a bare PORT: 127.0.0.1 only)")
-@click.option("--listen", metavar="HOST:PORT", help="run the network node: TCP stream and UDP DHT on this address (default: none, no port opens; or [net] listen in <store>/config.toml)")
-@click.option("--peer", "peers", metavar="HOST:PORT", multiple=True, help="a node to connect to and join the DHT through (repeatable)")
-@json_opt
+@service_options
 @click.pass_context
 def serve(ctx, foreground, debug, resp, http, listen, peers, as_json):
     """Run a headless node on the store (no FUSE mount): the services only.

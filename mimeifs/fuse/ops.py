@@ -486,19 +486,7 @@ class Operations(pyfuse3.Operations):
             if removed:
                 entries.append((MM, mimei.encode()))
             entries += share_entries(self.view, mimei)  # shared/<name> at its last / release
-
-        def run():
-            for i in inos:
-                try:
-                    pyfuse3.invalidate_inode(i, attr_only=False)
-                except (OSError, pyfuse3.FUSEError):
-                    pass
-            for parent, name in entries:
-                try:
-                    pyfuse3.invalidate_entry(parent, name)
-                except (OSError, pyfuse3.FUSEError):
-                    pass
-        await trio.to_thread.run_sync(run)
+        await _invalidate(inos, entries)
 
     async def invalidate_view(self, mimei: str | None, inos, entries) -> None:
         """Drop what the kernel holds of view nodes that changed behind its back (the
@@ -514,19 +502,25 @@ class Operations(pyfuse3.Operations):
         entries = [(p, n) for p, n in entries if p in lookups or p < CTRL]
         if not inos and not entries:
             return
+        await _invalidate(inos, entries)
 
-        def run():
-            for i in inos:
-                try:
-                    pyfuse3.invalidate_inode(i, attr_only=False)
-                except (OSError, pyfuse3.FUSEError):
-                    pass
-            for parent, name in entries:
-                try:
-                    pyfuse3.invalidate_entry(parent, name)
-                except (OSError, pyfuse3.FUSEError):
-                    pass
-        await trio.to_thread.run_sync(run)
+
+async def _invalidate(inos, entries) -> None:
+    """Drop the kernel's caches of inodes ``inos`` and of directory entries ``entries``
+    ((parent, name)), in a worker thread: pyfuse3's invalidation must not run on the
+    request loop. What the kernel no longer holds is skipped silently."""
+    def run():
+        for i in inos:
+            try:
+                pyfuse3.invalidate_inode(i, attr_only=False)
+            except (OSError, pyfuse3.FUSEError):
+                pass
+        for parent, name in entries:
+            try:
+                pyfuse3.invalidate_entry(parent, name)
+            except (OSError, pyfuse3.FUSEError):
+                pass
+    await trio.to_thread.run_sync(run)
 
 
 __all__ = ["Operations", "CTRL", "CTRL_NAME", "FIXED_DIRS", "entry_attributes"]

@@ -85,13 +85,17 @@ class _Common:
         return False
 
     def delete(self):
+        parent, name = self._parent_node(), _name(self.path)
         try:
             if self.is_collection:
-                self.view.rmdir(self._parent_node(), _name(self.path))
+                self.view.rmdir(parent, name)
             else:
-                self.view.unlink(self._parent_node(), _name(self.path))
+                self.view.unlink(parent, name)
         except OSError as e:
             raise _dav(e) from None
+        # the name by name: a mount's cached dentry of it goes (dropping only the parent
+        # can leave a child dentry that the kernel splices back under its directory)
+        self.view.changed(None, [], [(parent.ino, name)])
         self.remove_all_properties(recursive=True)
         self.remove_all_locks(recursive=True)
 
@@ -100,10 +104,12 @@ class _Common:
         dst_parent = self.p.place(_parent(dest_path))
         if dst_parent is None or dst_parent.node is None:
             raise DAVError(HTTP_CONFLICT, "no such destination collection")
+        src = self._parent_node()
         try:
-            self.view.rename(self._parent_node(), _name(self.path), dst_parent.node, _name(dest_path))
+            self.view.rename(src, _name(self.path), dst_parent.node, _name(dest_path))
         except OSError as e:
             raise _dav(e) from None
+        self.view.changed(None, [], [(src.ino, _name(self.path)), (dst_parent.node.ino, _name(dest_path))])
         return True
 
     def support_recursive_move(self, dest_path):

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from support import pid_alive, wait_for  # noqa: F401  (re-exported to the tests)
+
 REPO = Path(__file__).resolve().parents[2]
 
 if not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None:
@@ -41,31 +43,6 @@ def cli_env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env.update(extra)
     return env
-
-
-def wait_for(pred, timeout: float = 30.0, what: str = "condition", every: float = 0.05):
-    """Poll ``pred`` until it returns a truthy value (returned) or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(every)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    # a zombie is dead for our purposes
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def tree_digest(root: str | os.PathLike) -> dict[str, tuple]:

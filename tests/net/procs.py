@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from support import wait_for  # noqa: F401
+
 REPO = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "mimeifs.cli"]
 
@@ -40,17 +42,6 @@ def free_port() -> int:
             t.close()
         return port
     raise RuntimeError("no free port")
-
-
-def wait_for(pred, timeout: float = 30.0, what: str = "condition", every: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(every)
 
 
 class Node:
