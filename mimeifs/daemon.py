@@ -174,6 +174,9 @@ class Daemon:
         self._token = trio.lowlevel.current_trio_token()
         async with trio.open_nursery() as n:
             self._nursery = n
+            # before any service serves: whoever sees the mount (or a port) finds the
+            # daemon's pid (run() removes the file again if a service cannot start)
+            self._write_info()
             try:
                 for svc in self.services:
                     await n.start(self._guard, svc)
@@ -182,7 +185,6 @@ class Daemon:
                 ready(f"error: {e}")
                 n.cancel_scope.cancel()
                 return
-            self._write_info()
             ready("ok")
             await self._stop.wait()
             for svc in self.services:
