@@ -38,6 +38,7 @@ from .fetch import Fetcher
 from .marks import ID_PREFIX_MIN, MARK_MAX_BYTES, check_mark, ids_with_prefix, mark_problem, resolve_spec, text_problem  # noqa: F401
 from .render import info_doc, info_json, iso_time, rm_refused  # noqa: F401
 from .errors import MiMeiError  # noqa: F401  (the older name of EngineError)
+from .references import References, id20 as _id20
 from .worktree import ROOT_PARENT, Worktree
 
 MIMEI_TYPES = ("fs", "file", "db")
@@ -53,13 +54,7 @@ def _vkey(mimei: str, m20: bytes, n) -> bytes:
     return m20 + _N.pack(n)
 
 
-def _id20(mimei: str) -> bytes:
-    if not ids.is_id(mimei):
-        raise MiMeiError(errno.ENOENT, f"not a MiMei ID: {mimei!r}")
-    return bytes.fromhex(mimei)
-
-
-class Engine:
+class Engine(References, remote.RemoteMiMei):
     """The store's MiMei: the facade the CLI and the mount call.
 
     Thread-safe for reads; writes serialize on LMDB's single writer. ``is_open(ino)``
@@ -248,24 +243,6 @@ class Engine:
                          + (f", app type {o['app_type']!r}" if o["app_type"] else "")
                          + "): a mark names one MiMei per author; choose another mark")
 
-    def referrers(self, mimei: str) -> list[str]:
-        """IDs of MiMei whose cur or any version references ``mimei``."""
-        return sorted(self.referrer_detail(mimei))
-
-    def referrer_detail(self, mimei: str) -> dict[str, dict]:
-        """Who refers to ``mimei`` and from where: ``{source ID: {"cur": bool,
-        "versions": [n, ...]}}`` (a source's own references to itself left out)."""
-        m20 = _id20(mimei)
-        out: dict[str, dict] = {}
-        with self.store.read() as txn:
-            for k in scan_prefix(txn, self.d_refs_in, m20, values=False):
-                out.setdefault(k[20:40].hex(), {"cur": False, "versions": []})["cur"] = True
-            for k in scan_prefix(txn, self.d_vrefs, m20, values=False):
-                src = k[20:40].hex()
-                out.setdefault(src, {"cur": False, "versions": []})["versions"].append(_N.unpack(k[40:44])[0])
-        out.pop(mimei, None)
-        return out
-
     def rm(self, mimei: str) -> None:
         """Delete a MiMei (cur, versions, info). Its blocks are freed by ``gc``.
 
@@ -305,40 +282,6 @@ class Engine:
         self._own.pop(m20, None)
         if info["mimei_type"] == "db":
             self.changed(mimei)  # the RESP door drops connections to it
-
-    # ------------------------------------------------------------------ references
-    def _refs_out(self, txn, m20: bytes) -> list[str]:
-        return [k[20:].hex() for k in scan_prefix(txn, self.d_refs, m20, values=False)]
-
-    def refs(self, mimei: str) -> tuple[list[str], list[str]]:
-        """(references of cur out of ``mimei``, MiMei referring to it)."""
-        m20 = _id20(mimei)
-        with self.store.read() as txn:
-            self._state(txn, m20)
-            return self._refs_out(txn, m20), self.referrers(mimei)
-
-    def add_ref(self, src: str, dst: str) -> None:
-        """MMAddRef: ``src`` references ``dst``. Raises ENOENT, EACCES, EINVAL (self)."""
-        s20, d20 = _id20(src), _id20(dst)
-        if s20 == d20:
-            raise MiMeiError(errno.EINVAL, "a MiMei cannot reference itself")
-        if not self.can_write(s20):
-            raise MiMeiError(errno.EACCES, f"{src} was not authored by this node")
-        with self.store.write() as txn:
-            self._state(txn, s20)
-            self._state(txn, d20)
-            txn.put(s20 + d20, b"", db=self.d_refs)
-            txn.put(d20 + s20, b"", db=self.d_refs_in)
-
-    def del_ref(self, src: str, dst: str) -> None:
-        """MMDelRef. Raises ENOENT if there is no such reference."""
-        s20, d20 = _id20(src), _id20(dst)
-        if not self.can_write(s20):
-            raise MiMeiError(errno.EACCES, f"{src} was not authored by this node")
-        with self.store.write(room=False) as txn:
-            if not txn.delete(s20 + d20, db=self.d_refs):
-                raise MiMeiError(errno.ENOENT, f"{src} does not reference {dst}")
-            txn.delete(d20 + s20, db=self.d_refs_in)
 
     # ------------------------------------------------------------------ versions
     def backup(self, mimei: str, memo: str = "", progress=None, allow_empty: bool = True) -> dict:
@@ -440,18 +383,6 @@ class Engine:
             self.changed(mimei)  # the RESP door fails the EXECs that watched its keys
         return removed
 
-    def _set_refs(self, txn, m20: bytes, targets: list[str]) -> None:
-        """Make cur's references exactly ``targets`` (hex IDs); a target this store
-        does not hold is left out."""
-        for t in self._refs_out(txn, m20):
-            txn.delete(m20 + bytes.fromhex(t), db=self.d_refs)
-            txn.delete(bytes.fromhex(t) + m20, db=self.d_refs_in)
-        for t in targets:
-            t20 = bytes.fromhex(t)
-            if t20 != m20 and txn.get(t20, db=self.d_state) is not None:
-                txn.put(m20 + t20, b"", db=self.d_refs)
-                txn.put(t20 + m20, b"", db=self.d_refs_in)
-
     def fork(self, mimei: str, n: int | None, mark: str) -> str:
         """A new MiMei whose v/0 is version n (default: last) of ``mimei``.
 
@@ -495,41 +426,6 @@ class Engine:
             self._put_state(txn, n20, st)
         self.store.sync()
         return new_id
-
-    # ------------------------------------------------------------------ remote MiMei
-    def adopt(self, records: dict) -> str:
-        """Store verified records of another author's MiMei (read-only here); see
-        :func:`.remote.adopt`. Raises Corrupt for a forged or malformed record."""
-        return remote.adopt(self, records)
-
-    def records(self, mimei: str) -> dict:
-        """The signed records a peer is handed for ``mimei`` (:func:`.remote.records`)."""
-        return remote.records(self, mimei)
-
-    def find(self, mimei: str) -> bool:
-        """Whether ``mimei`` is here, fetching its records if not (:func:`.remote.find`)."""
-        return remote.find(self, mimei)
-
-    def is_remote(self, mimei: str) -> bool:
-        """True if ``mimei`` is held here but authored elsewhere."""
-        return bool(self.state(mimei).get("remote"))
-
-    def set_pinned(self, mimei: str, pinned: bool) -> None:
-        """Keep a remote MiMei's objects through gc (:func:`.remote.set_pinned`)."""
-        remote.set_pinned(self, mimei, pinned)
-
-    def ensure_trees(self, root: bytes) -> int:
-        """Fetch every tree below tree ``root`` this store lacks, one batch per level of
-        the tree; returns how many trees the version has. Raises ChunkMissing if one
-        cannot be had."""
-        seen: set[bytes] = set()
-        level = [root]
-        while level:
-            level = [h for h in dict.fromkeys(level) if h not in seen]
-            seen.update(level)
-            self.chunks.ensure([("tree", h) for h in level])
-            level = [e.hash for h in level for e in self.tree(h).entries if e.is_dir]
-        return len(seen)
 
     # ------------------------------------------------------------------ reading versions
     def version_root(self, mimei: str, n: int) -> objects.Entry:

@@ -180,3 +180,42 @@ def set_pinned(engine, mimei: str, pinned: bool) -> None:
 def cached_only(state: dict) -> bool:
     """True for a remote MiMei that is not pinned (its objects are a cache)."""
     return bool(state.get("remote")) and not state.get("pinned")
+
+
+class RemoteMiMei:
+    """The Engine's methods for MiMei from elsewhere (mixed into
+    :class:`~.mimei.Engine`); each delegates to this module's function of its name."""
+
+    def adopt(self, records: dict) -> str:
+        """Store verified records of another author's MiMei (read-only here); see
+        :func:`.remote.adopt`. Raises Corrupt for a forged or malformed record."""
+        return adopt(self, records)
+
+    def records(self, mimei: str) -> dict:
+        """The signed records a peer is handed for ``mimei`` (:func:`.remote.records`)."""
+        return records(self, mimei)
+
+    def find(self, mimei: str) -> bool:
+        """Whether ``mimei`` is here, fetching its records if not (:func:`.remote.find`)."""
+        return find(self, mimei)
+
+    def is_remote(self, mimei: str) -> bool:
+        """True if ``mimei`` is held here but authored elsewhere."""
+        return bool(self.state(mimei).get("remote"))
+
+    def set_pinned(self, mimei: str, pinned: bool) -> None:
+        """Keep a remote MiMei's objects through gc (:func:`.remote.set_pinned`)."""
+        set_pinned(self, mimei, pinned)
+
+    def ensure_trees(self, root: bytes) -> int:
+        """Fetch every tree below tree ``root`` this store lacks, one batch per level of
+        the tree; returns how many trees the version has. Raises ChunkMissing if one
+        cannot be had."""
+        seen: set[bytes] = set()
+        level = [root]
+        while level:
+            level = [h for h in dict.fromkeys(level) if h not in seen]
+            seen.update(level)
+            self.chunks.ensure([("tree", h) for h in level])
+            level = [e.hash for h in level for e in self.tree(h).entries if e.is_dir]
+        return len(seen)
