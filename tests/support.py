@@ -30,3 +30,18 @@ def pid_alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def reap(pids, grace: float = 10.0) -> None:
+    """Give each daemon in ``pids`` ``grace`` seconds to exit, then SIGKILL it (a test's
+    teardown: nothing it started may outlive it)."""
+    import signal
+    for pid in pids:
+        try:
+            deadline = time.monotonic() + grace
+            while pid_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass

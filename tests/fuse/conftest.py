@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from support import pid_alive, wait_for  # noqa: F401  (re-exported to the tests)
+from support import pid_alive, reap, wait_for  # noqa: F401  (re-exported to the tests)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -168,15 +168,7 @@ class MimeiFS:
                                    capture_output=True)
         except Exception:
             pass
-        for pid in self.pids:
-            try:
-                deadline = time.monotonic() + 10
-                while pid_alive(pid) and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                if pid_alive(pid):
-                    os.kill(pid, signal.SIGKILL)
-            except Exception:
-                pass
+        reap(self.pids)
         try:
             if remove_mountpoint and not os.path.ismount(self.mnt):
                 os.rmdir(self.mnt)

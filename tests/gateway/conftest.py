@@ -9,16 +9,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from support import pid_alive, wait_for  # noqa: F401
+from support import pid_alive, reap, wait_for  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "mimeifs.cli"]
@@ -119,15 +117,7 @@ class Node:
                 subprocess.run(["fusermount3", "-uz", str(self.mnt)], capture_output=True)
         elif self.pids and pid_alive(self.pid):
             self.run("stop", check=False, timeout=60)
-        for pid in self.pids:
-            try:
-                deadline = time.monotonic() + 10
-                while pid_alive(pid) and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                if pid_alive(pid):
-                    os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+        reap(self.pids)
 
 
 def parse_curl(out: bytes) -> Curl:
