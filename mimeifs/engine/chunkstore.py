@@ -274,9 +274,10 @@ class ChunkStore:
                 for h, stored in trees:
                     if txn.put(h, stored, db=self.d_trees, overwrite=False):
                         new += 1
-        for m, enc in mans:
-            if self._verify_manifest(m):
-                with self.store.write() as txn:
+        verified = [(m, enc) for m, enc in mans if self._verify_manifest(m)]
+        if verified:  # one write transaction for the batch, after every verification
+            with self.store.write() as txn:
+                for m, enc in verified:
                     if txn.put(m.hash, enc, db=self.d_manifests, overwrite=False):
                         new += 1
         return new
