@@ -15,7 +15,7 @@ granted it (seed 001/002 Part I, the credit model; DESIGN.md "Ledger"; issue 12)
   node every second and when a peer's pending count passes ``flush_bytes``), so the
   cost per reply is one read and an addition.
 - What is counted: the wire bytes of every reply frame that carries data or an answer
-  to a data request (``block``, ``have``, ``dont_have``, ``done``, ``recs``); error
+  to a data request (``block``, ``blocks``, ``have``, ``dont_have``, ``done``, ``recs``); error
   replies are free. The borrower counts the same frames and signs cumulative IOUs for
   them (``client.py``), so both credit books agree.
 """
@@ -31,7 +31,7 @@ from ..ledger.credit import CreditBook, CreditError, CreditRefused
 
 log = logging.getLogger("mimeifs.net")
 
-CHARGED = frozenset({"block", "have", "dont_have", "done", "recs"})
+CHARGED = frozenset({"block", "blocks", "have", "dont_have", "done", "recs"})
 
 
 class Meter:
