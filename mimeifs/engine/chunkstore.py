@@ -141,6 +141,10 @@ class ChunkStore:
             i += 1
         return wants
 
+    def missing(self, wants: list[Want]) -> list[Want]:
+        """The wants of ``wants`` this store does not hold, in order (one read snapshot)."""
+        return list(self._missing(wants))
+
     def _missing(self, wants: list[Want]):
         dbs = {"chunk": self.d_blocks, "manifest": self.d_manifests, "tree": self.d_trees}
         with self.store.read() as txn:

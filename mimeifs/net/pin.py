@@ -31,10 +31,12 @@ from .wire import RemoteError
 
 log = logging.getLogger("mimeifs.net")
 
-#: Pinning: manifests per batch, chunk wants per request round, rounds at once.
+#: Pinning: manifests per batch, chunk wants per request round, rounds at once (per batch).
 PIN_MANIFESTS = 2048
 PIN_WINDOW = 512
 PIN_PARALLEL = 4
+#: Batches of manifests in progress at once.
+PIN_BATCHES = 2
 #: Chunk hashes per ``where`` request; packs per ``want`` of whole packs.
 WHERE_BATCH = 8192
 PACKS_PER_WANT = 8
@@ -99,25 +101,31 @@ class Pinning:
             files = await trio.to_thread.run_sync(self._files_of, root)
         else:
             files = [("manifest", root)]
-        has = engine.chunks.has
-        missing = await trio.to_thread.run_sync(lambda: [w for w in files if not has(*w)])
-        for i in range(0, len(missing), PIN_MANIFESTS):
-            mans = [b for b in await self.fetch_objects(missing[i:i + PIN_MANIFESTS], ahead=False)
-                    if b[0] == "manifest"]
-            chunks = await trio.to_thread.run_sync(self._missing_chunks, mans)
-            chunks = await self._pin_packs(chunks)
-            await self._in_windows(chunks, PIN_WINDOW, lambda part: self.fetch_objects(part, ahead=False))
+        missing = await trio.to_thread.run_sync(engine.chunks.missing, files)
+        slots = trio.Semaphore(PIN_BATCHES)
+
+        async def batch(part):
             try:
-                await trio.to_thread.run_sync(engine.chunks.accept, mans)
-            except (Corrupt, EngineError) as e:
-                log.warning("pin: a manifest was refused (%s); the engine fetches it again", e)
+                mans = [b for b in await self.fetch_objects(part, ahead=False) if b[0] == "manifest"]
+                chunks = await trio.to_thread.run_sync(self._missing_chunks, mans)
+                chunks = await self._pin_packs(chunks)
+                await self._in_windows(chunks, PIN_WINDOW, lambda w: self.fetch_objects(w, ahead=False))
+                try:
+                    await trio.to_thread.run_sync(engine.chunks.accept, mans)
+                except (Corrupt, EngineError) as e:
+                    log.warning("pin: a manifest was refused (%s); the engine fetches it again", e)
+            finally:
+                slots.release()
+        async with trio.open_nursery() as n:  # batches overlap: one verifies while one fetches
+            for i in range(0, len(missing), PIN_MANIFESTS):
+                await slots.acquire()
+                n.start_soon(batch, missing[i:i + PIN_MANIFESTS])
         await trio.to_thread.run_sync(lambda: [engine.chunks.ensure(files[j:j + 4096])
                                                for j in range(0, len(files), 4096)])
 
     def _missing_chunks(self, mans: list) -> list:
-        has = self.node.engine.chunks.has
         want = dict.fromkeys(("chunk", c) for b in mans for c in objects.Manifest.decode(b[1], b[2]).chunks)
-        return [w for w in want if not has(*w)]
+        return self.node.engine.chunks.missing(list(want))
 
     def _files_of(self, root: bytes) -> list:
         """("manifest", hash) of every regular file under tree ``root`` (all local)."""
@@ -179,8 +187,7 @@ class Pinning:
             if whole:
                 await self._in_windows(list(whole.items()), PACKS_PER_WANT,
                                        lambda part, p=(pid, addr): self._want_packs(p, dict(part)))
-            has = node.engine.chunks.has
-            return await trio.to_thread.run_sync(lambda: [w for w in wants if not has(*w)])
+            return await trio.to_thread.run_sync(node.engine.chunks.missing, wants)
         return wants
 
     @staticmethod
