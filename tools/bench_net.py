@@ -294,10 +294,21 @@ def bench_netns(work: Path, size_mib: int, results: dict) -> None:
         time.sleep(2)
         load = os.getloadavg()[0]
         t = time.perf_counter()
-        mm(b, "pin", mid)
+        pin = subprocess.Popen(CLI + ["--store", str(b), "pin", mid], env=ENV, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+        while True:   # a dead delay line drops every packet: stop at once rather than wait out timeouts
+            try:
+                out = pin.communicate(timeout=0.05)[0]
+                break
+            except subprocess.TimeoutExpired:
+                dead, late = not link.delayers_alive(), time.perf_counter() - t > 3600
+                if dead or late:
+                    pin.kill()
+                    pin.communicate()
+                    raise RuntimeError("the NFQUEUE delay line died during the pin" if dead else "pin: timeout")
         dt = time.perf_counter() - t
-        if not link.delayers_alive():
-            raise RuntimeError("the NFQUEUE delay line died during the pin; the result would be meaningless")
+        if pin.returncode:
+            raise RuntimeError(f"mimeifs pin: {out}")
         mbit = size_mib * 8 * 1.048576 / dt
         results["netns_pin"] = {"seconds": dt, "Mbit/s": mbit, "share_of_200Mbit": mbit / 200,
                                 "shaping": link.shaping, "ping_rtt_ms": rtt, "load1": round(load, 2)}

@@ -15,9 +15,9 @@ path has the rate alone, and :attr:`ShapedLink.shaping` says so.
 
 Why a router in the middle rather than a rule on the endpoints (measured, kernel 6.18):
 - holding packets on the sender's way out (OUTPUT) keeps them charged to the sending TCP
-  socket, and TCP Small Queues then lets only a couple of packets per socket be below TCP at
-  once: one flow through a 10 ms egress hold reached 195 Mbit/s at MTU 64000 with no rate
-  limit at all, and 4.5 Mbit/s at MTU 1500, so the cap would be TSQ's, not the link's;
+  socket, and TCP Small Queues lets only a couple of packets per socket be below TCP at
+  once: one flow through a 10 ms egress hold reached only 195 Mbit/s at MTU 64000 with no
+  rate limit at all, and 4.5 Mbit/s at MTU 1500, so the cap would not be the link's;
 - holding them on the receiver's way in (INPUT) has no such cap (veth has detached them
   from the socket), but the kernel stamps a packet's receive time before INPUT, so ``ping``
   (which reports that stamp) shows 10 ms for a 20 ms round trip (``ping -U`` shows 20).

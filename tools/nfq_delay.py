@@ -3,11 +3,12 @@
 NFQUEUE number ``--queue`` is held ``--delay-ms`` milliseconds and then accepted, in
 arrival order.
 
-    ip netns exec NS python tools/nfq_delay.py --queue 0 --delay-ms 10
-    ip netns exec NS iptables -A INPUT -i DEV -j NFQUEUE --queue-num 0
+    ip netns exec R python tools/nfq_delay.py --queue 0 --delay-ms 10 [--realtime]
+    ip netns exec R iptables -A FORWARD -j NFQUEUE --queue-num 0
 
-Used by ``tools/netns_link.py`` (the shaped link of ``tools/bench_net.py``'s ``netns``
-benchmark) in place of ``tc qdisc ... netem delay``; the rate stays with ``tc ... tbf``.
+Used by ``tools/netns_link.py`` (the shaped path of ``tools/bench_net.py``'s ``netns``
+benchmark, where it runs in a router namespace on ``FORWARD``) in place of
+``tc qdisc ... netem delay``; the rate stays with ``tc ... tbf``.
 Needs root (in the namespace), a kernel with CONFIG_NETFILTER_NETLINK_QUEUE and the
 NFQUEUE target, and the NetfilterQueue package (Python bindings of libnetfilter_queue):
 ``apt-get install iptables libnetfilter-queue-dev && pip install NetfilterQueue``.
@@ -25,21 +26,33 @@ packets are dropped with no listener), and on SIGTERM/SIGINT accepts what it sti
 unbinds, and prints one JSON line of statistics: packets, the largest number held at once,
 the lateness of verdicts past their release time (p50/p99/max, ms), and CPU seconds.
 
-Limits (measured numbers are in ``tools/netns_link.py --ceiling``):
-- Python handles each packet (one netlink message in, one verdict out, ~10-20 us of CPU):
-  some 20,000-40,000 packets/s on one core of this kind of machine. At 1500-byte packets a
-  200 Mbit/s link is ~17,000 packets/s, too close to that; the link in
-  ``tools/netns_link.py`` therefore runs the veth at MTU 64000, so a full-rate TCP flow is
-  ~400 data packets/s plus their ACKs. The benchmark thus models a 20 ms RTT, 200 Mbit/s
-  path with jumbo frames, not Ethernet-sized packets.
+Limits (measured with ``tools/netns_link.py``, one delay line for both directions, a TCP
+flow of plain Python sockets, kernel 6.18, 2 cores shared with other work, load 0.7-1.0):
+- Python handles each packet (one netlink message in, one verdict out): about 7 us of CPU
+  per packet when busy. With no rate limit it passed 107,000 packets/s (993 Mbit/s at MTU
+  1500) using 75% of a core, but verdicts then came late (p99 10 ms, max 31 ms): the delay
+  is only trustworthy well below that. At 200 Mbit/s and MTU 1500 (21,000 packets/s with
+  the ACKs) it used 23% of a core, the flow reached 189 Mbit/s and p99 lateness was 3.8 ms.
+  So the path of ``tools/netns_link.py`` runs its veths at MTU 64000 (chosen): a full-rate
+  flow is ~600 packets/s with ACKs, 3% of a core, p99 lateness 0.15-0.3 ms, 198.7 Mbit/s
+  through tbf 200mbit; without the rate limit one flow reached 1115 Mbit/s (3,200
+  packets/s, 12% of a core; the sender's 4 MB socket buffer, not the delay line, was the
+  limit). The benchmark thus models a 20 ms RTT, 200 Mbit/s path with jumbo frames, not
+  Ethernet-sized packets.
+- ``--realtime`` (SCHED_FIFO priority 10, as the link runs it) keeps verdicts on time while
+  other processes load the machine: p99 lateness 0.15-0.3 ms against ~2.2 ms at normal
+  priority, at 200 Mbit/s. It blocks in ``select`` between packets, so it does not spin.
 - NFQUEUE splits GSO packets into MTU-sized ones before queueing them (NetfilterQueue does
   not set NFQA_CFG_F_GSO); with MTU 64000 TCP rarely builds GSO packets at all.
-- The delay is accurate to select's wake-up time (tens of us idle, up to a scheduler tick
-  when the machine is busy); there is no jitter, loss or reordering model, unlike netem.
+- There is no jitter, loss or reordering model, unlike netem; the delay is the hold time
+  plus the lateness above.
 - If this process dies while the iptables rule is in place, the queued traffic is dropped
   (the rule has no ``--queue-bypass``): a link with the delay missing would silently
   measure the wrong thing, a dead link fails loudly.
 - Queue length ``--max-len`` packets (default 8192); the kernel drops past that.
+- Where the rule sits matters (see ``tools/netns_link.py``): on the sender's OUTPUT hook
+  TCP Small Queues caps a flow; on the receiver's INPUT hook ``ping`` reports half the RTT;
+  in a router namespace's FORWARD hook neither happens.
 """
 
 from __future__ import annotations
