@@ -335,8 +335,9 @@ def bench_dht(work: Path, n: int, results: dict) -> None:
             mm(s, "import", src, mid, "--backup")
             mids.append(mid)
         time.sleep(7)  # publish loops
+        first_holders = {}
         for s, mid in zip(authors, mids):
-            mm(s, "replicate", mid, "--copies", "3", "--json")
+            first_holders[mid] = json.loads(mm(s, "replicate", mid, "--copies", "3", "--json"))["holders"]
         times, hops = [], []
         for _ in range(100):
             s = random.choice(stores)
@@ -345,8 +346,13 @@ def bench_dht(work: Path, n: int, results: dict) -> None:
             got = json.loads(mm(s, "providers", mid, "--json"))
             times.append(time.perf_counter() - t)
             assert got, "no providers found"
+        ids, held = {}, {}
         for s in stores:
-            h = json.loads(mm(s, "net", "status", "--json"))["dht"]["hops_median"]
+            st = json.loads(mm(s, "net", "status", "--json"))
+            ids[s] = st["node"]
+            for mid, r in st["replicas"].items():
+                held[mid] = r.get("holders", [])
+            h = st["dht"]["hops_median"]
             if h is not None:
                 hops.append(h)
         times.sort()
@@ -368,16 +374,36 @@ def bench_dht(work: Path, n: int, results: dict) -> None:
                 break
             time.sleep(2)
         restored = time.perf_counter() - t0
-        readable = 0
-        for mid in mids:   # from a node that holds none of them, with 20% of the nodes gone
+        dead = {ids[s] for s in victims}
+        readable, unreadable, pin_s = 0, {}, []
+        for s, mid in zip(authors, mids):   # from a node that holds none of them, with 20% of the nodes gone
+            t = time.perf_counter()
             try:
                 mm(reader, "pin", mid, timeout=120)
                 readable += 1
-            except Exception:
-                pass
+                pin_s.append(round(time.perf_counter() - t, 1))
+            except subprocess.TimeoutExpired:
+                err = "timed out after 120 s"
+            except Exception as e:
+                err = str(e).strip()
+            else:
+                continue
+            # what the reader could see, for the report: its provider lookup now, and who
+            # held the MiMei when it was replicated (alive or killed)
+            try:
+                provs = [p["node"] for p in json.loads(mm(reader, "providers", mid, "--json"))]
+            except Exception as e:
+                provs = f"lookup failed: {e}"
+            unreadable[mid] = {"error": err, "seconds": round(time.perf_counter() - t, 1),
+                               "author": ids[s], "author_killed": s in victims,
+                               "replicated_to": {p: "killed" if p in dead else "alive"
+                                                 for p in held.get(mid, first_holders.get(mid, []))},
+                               "providers_seen_after": {p: "killed" if p in dead else "alive" for p in provs}
+                               if isinstance(provs, list) else provs}
         results["dht_kill20"] = {"killed": len(victims), "authors_killed": len(mids) - len(alive_authors),
                                  "replicas_restored_to_3": ok_copies, "seconds_to_restore": restored,
-                                 "readable": f"{readable}/{len(mids)}"}
+                                 "readable": f"{readable}/{len(mids)}", "pin_seconds": pin_s,
+                                 "unreadable": unreadable}
     finally:
         nodes.close()
 
