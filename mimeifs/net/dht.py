@@ -23,6 +23,16 @@ The kademlia 2.2.3 / rpcudp 5.0.1 limits, and what this module does about each:
 5. *A contact is dropped after one missed reply* (``handle_call_response``): the
    Kademlia paper drops one only after several; :class:`RecordProtocol` drops it after
    ``max_misses`` (3) replies in a row are missed.
+9. *A crawl asks every node it hears of, dead or not, and each round waits for its
+   slowest answer* (``SpiderCrawl._find`` gathers ``alpha`` RPCs in lockstep). After
+   nodes die, the live ones go on naming them in their answers until their own tables
+   drop them, so every lookup waited ``wait_timeout`` per round that reached a dead node
+   (seconds per lookup, and a reader that looks up several MiMei per fetch waited tens
+   of seconds). :class:`RecordProtocol` remembers a node that missed a reply for
+   ``skip_for`` seconds (forgotten as soon as it answers or sends a request), and the
+   crawls here (:class:`CollectCrawl`, :class:`NodeCrawl`) count such a node as not
+   answering without asking it: Kademlia's rule that a node which fails to respond is
+   left out of the lookup (Maymounkov & Mazieres 2002, section 2.3), kept across lookups.
 6. *``set_digest`` raises ValueError when no node answers* (``max()`` of an empty
    list): :meth:`DHTServer.publish` never calls it and stores locally in that case.
 7. *``welcome_if_new`` hashes keys that are already hashed* (``digest(key)`` of a stored
@@ -133,12 +143,32 @@ class RecordProtocol(KademliaProtocol):
     dropped, and ``welcome_if_new`` on the stored keys themselves (limits 4, 5, 7)."""
 
     max_misses = 3
+    #: Seconds a node that missed a reply is not asked by crawls (limit 9); it is asked
+    #: again as soon as it answers or sends anything.
+    skip_for = 120.0
 
     def __init__(self, source_node, storage, ksize, wait_timeout=5.0):
         super().__init__(source_node, storage, ksize)
         self._wait_timeout = wait_timeout
         self.misses: Counter = Counter()
+        self.silent: dict[bytes, float] = {}     # node ID -> monotonic time of its last miss
         self.refused = 0
+        self.skipped = 0
+
+    def is_silent(self, node_id: bytes) -> bool:
+        """Whether ``node_id`` missed a reply within ``skip_for`` seconds and has not
+        been heard from since (crawls do not ask it)."""
+        t = self.silent.get(node_id)
+        if t is None:
+            return False
+        if time.monotonic() - t > self.skip_for:
+            del self.silent[node_id]
+            return False
+        return True
+
+    def heard_from(self, node_id: bytes) -> None:
+        """``node_id`` answered or asked something: it is alive."""
+        self.silent.pop(node_id, None)
 
     def rpc_store(self, sender, nodeid, key, value):
         source = Node(nodeid, sender[0], sender[1])
@@ -152,6 +182,7 @@ class RecordProtocol(KademliaProtocol):
         return True
 
     def welcome_if_new(self, node):
+        self.heard_from(node.id)  # called for every request a node sends and every reply
         if not self.router.is_new_node(node):
             return
         for key, value in self.storage:
@@ -168,6 +199,9 @@ class RecordProtocol(KademliaProtocol):
 
     def handle_call_response(self, result, node):
         if not result[0]:
+            self.silent[node.id] = time.monotonic()
+            if len(self.silent) > 10000:
+                self.silent.pop(next(iter(self.silent)))
             self.misses[node.id] += 1
             if self.misses[node.id] >= self.max_misses:
                 log.info("no reply from %s %d times: removing it", node, self.misses[node.id])
@@ -179,9 +213,30 @@ class RecordProtocol(KademliaProtocol):
         return result
 
 
+async def _ask_unless_silent(protocol, method, peer, target, skipped: dict | None = None):
+    """``method(peer, target)``, or a missed reply at once if ``peer`` is silent (limit 9;
+    the peer is then added to ``skipped``, ID -> Node)."""
+    if protocol.is_silent(peer.id):
+        protocol.skipped += 1
+        if skipped is not None:
+            skipped[peer.id] = peer
+        return (False, None)
+    return await method(peer, target)
+
+
+class NodeCrawl(NodeSpiderCrawl):
+    """kademlia's node crawl that does not ask nodes known to be silent (limit 9)."""
+
+    async def find(self):
+        p = self.protocol
+        return await self._find(lambda peer, target: _ask_unless_silent(p, p.call_find_node, peer, target))
+
+
 class CollectCrawl(ValueSpiderCrawl):
     """A value crawl that does not stop at the first round with a value: it asks every
     one of the k nearest nodes, validates each value and merges them (limit 2).
+    Nodes known to be silent are not asked (limit 9) unless the crawl would otherwise
+    end without any value: then it asks them too, once, as kademlia would have.
     After :meth:`find`: ``rounds`` (RPC rounds, the lookup's hops) and ``values``."""
 
     def __init__(self, protocol, node, peers, ksize, alpha):
@@ -190,10 +245,15 @@ class CollectCrawl(ValueSpiderCrawl):
         self.kind = None
         self.payload = None
         self.first_hit_round = None
+        self.skipped: dict[bytes, Node] | None = {}   # None: silent nodes are asked too
 
     async def find(self):
         self.rounds += 1
-        return await self._find(self.protocol.call_find_value)
+        p, skipped = self.protocol, self.skipped
+        if skipped is None:
+            return await self._find(p.call_find_value)
+        return await self._find(lambda peer, target: _ask_unless_silent(p, p.call_find_value, peer, target,
+                                                                        skipped))
 
     async def _nodes_found(self, responses):
         toremove = []
@@ -214,7 +274,12 @@ class CollectCrawl(ValueSpiderCrawl):
                 self.nearest.push(response.get_node_list())
         self.nearest.remove(toremove)
         if self.nearest.have_contacted_all():
-            return self.payload
+            if self.payload is not None or not self.skipped:
+                return self.payload
+            again, self.skipped = list(self.skipped.values()), None
+            for n in again:
+                self.nearest.contacted.discard(n.id)
+            self.nearest.push(again)
         return await self.find()
 
     def _merge(self, kind, payload):
@@ -252,7 +317,7 @@ class DHTServer(Server):
         for node_id in self.protocol.get_refresh_ids():
             node = Node(node_id)
             nearest = self.protocol.router.find_neighbors(node, self.alpha)
-            results.append(NodeSpiderCrawl(self.protocol, node, nearest, self.ksize, self.alpha).find())
+            results.append(NodeCrawl(self.protocol, node, nearest, self.ksize, self.alpha).find())
         await asyncio.gather(*results)
 
     async def lookup(self, dkey: bytes):
@@ -284,7 +349,7 @@ class DHTServer(Server):
         nearest = self.protocol.router.find_neighbors(node)
         if not nearest:
             return 0
-        nodes = await NodeSpiderCrawl(self.protocol, node, nearest, self.ksize, self.alpha).find()
+        nodes = await NodeCrawl(self.protocol, node, nearest, self.ksize, self.alpha).find()
         results = await asyncio.gather(*[self.protocol.call_store(n, dkey, value) for n in nodes])
         return sum(1 for ok, answer in results if ok and answer is True)
 
@@ -386,7 +451,9 @@ class DHT:
         return self._run(get(), 10)
 
     def stats(self) -> dict:
-        """``{"size", "stored", "refused", "hops_median"}``."""
+        """``{"size", "stored", "refused", "hops_median", "lookups", "skipped"}``
+        (``skipped``: RPCs a crawl did not send to a node known to be silent)."""
         hops = sorted(self.server.hops)
         return {"size": self.size(), "stored": len(self.server.storage), "refused": self.server.protocol.refused,
-                "hops_median": hops[len(hops) // 2] if hops else None, "lookups": len(hops)}
+                "hops_median": hops[len(hops) // 2] if hops else None, "lookups": len(hops),
+                "skipped": self.server.protocol.skipped}
