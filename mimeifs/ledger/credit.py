@@ -241,6 +241,21 @@ class CreditBook:
             raw = txn.get(bytes.fromhex(lender), db=self._db["iou_out"]) if is_id(lender) else None
         return json.loads(raw) if raw else None
 
+    def serving_state(self, peer: str, since: int | None = None):
+        """What serving ``peer`` depends on, read in one snapshot: ``(txnid, letter or
+        None, used base units, coefficients)``, or ``(txnid, None, None, None)`` when
+        the store's last committed transaction is still ``since`` (nothing changed since
+        the caller's copy: a meter checks this on every reply, grants and revokes by
+        another process show up as a new transaction ID)."""
+        with self.store.read() as txn:
+            tid = txn.id()
+            if since is not None and tid == since:
+                return tid, None, None, None
+            e = self._granted(txn, peer) if is_id(peer) else None
+            raw = txn.get(b"coefficients", db=self._db["meta"])
+        coef = dict(DEFAULT_COEFFICIENTS, **(json.loads(raw) if raw else {}))
+        return tid, (e["loc"] if e else None), (e["used"] if e else 0), coef
+
     def used(self, peer: str) -> int:
         """Base units ``peer`` has used of this node's service (0 if none)."""
         with self.store.read() as txn:

@@ -28,10 +28,9 @@ import time
 import trio
 
 from ..engine import blocks, objects, remote
-from ..engine.errors import Corrupt, EngineError
-from ..engine.fetch import FetchError
+from ..engine.errors import Corrupt
 from . import verify
-from .conn import Connection
+from .pin import Pinning
 from .wire import E_BUSY, E_CREDIT, E_FORBIDDEN, RemoteError
 
 log = logging.getLogger("mimeifs.net")
@@ -42,14 +41,10 @@ PROVIDER_CACHE = 10.0
 PREFETCH_MIN_CHUNKS = 64
 PREFETCH_WINDOW = 256
 PREFETCH_PARALLEL = 3
-#: Pinning: manifests per batch, chunk wants per request round, rounds at once.
-PIN_MANIFESTS = 2048
-PIN_WINDOW = 512
-PIN_PARALLEL = 4
 
 
-class Client:
-    """Client operations of one :class:`~.node.NetNode`."""
+class Client(Pinning):
+    """Client operations of one :class:`~.node.NetNode` (pinning: :class:`~.pin.Pinning`)."""
 
     def __init__(self, node):
         self.node = node
@@ -330,98 +325,3 @@ class Client:
         if dht_val is not None and dht_val["info"]["id"] == mimei and dht_val["version"]["n"] > best[0]:
             recs["versions"] = list(recs.get("versions") or []) + [dht_val["version"]]
         return recs
-
-    # ------------------------------------------------------------------ pin
-    async def pin(self, mimei: str, all_versions: bool = False, prefer: str | None = None) -> dict:
-        """Keep a full copy of ``mimei`` (its newest version, or all): adopt its records,
-        mark it pinned, fetch every tree, manifest and chunk, announce this node as a
-        provider. Returns ``{"mimei", "versions", "fetched"}``. Raises FetchError."""
-        node, engine = self.node, self.node.engine
-        self.recent[mimei] = time.monotonic()
-        recs = await self.fetch_mimei(mimei, prefer)
-        own = await trio.to_thread.run_sync(lambda: engine.exists(mimei) and not engine.is_remote(mimei))
-        if recs is None and not await trio.to_thread.run_sync(engine.exists, mimei):
-            raise FetchError(f"no provider has {mimei}")
-        if recs is not None and not own:
-            try:
-                await trio.to_thread.run_sync(engine.adopt, recs)
-            except Corrupt as e:
-                raise FetchError(f"records of {mimei} do not verify: {e}") from e
-        if not own:
-            await trio.to_thread.run_sync(engine.set_pinned, mimei, True)
-        versions = await trio.to_thread.run_sync(engine.versions, mimei)
-        if not all_versions:
-            versions = versions[-1:]
-        before = node.fetched_bytes
-        for v in versions:
-            await self._pin_version(v)
-        node.pinned_changed(mimei)
-        return {"mimei": mimei, "versions": [v["n"] for v in versions],
-                "fetched": node.fetched_bytes - before}
-
-    async def pin_quietly(self, mimei: str, all_versions: bool, prefer: str | None) -> None:
-        """:meth:`pin` for a peer's request: failures are logged, never raised."""
-        try:
-            await self.pin(mimei, all_versions, prefer)
-            log.info("pinned %s at a peer's request", mimei[:12])
-        except (FetchError, EngineError) as e:
-            log.warning("pin of %s for %s failed: %s", mimei[:12], (prefer or "")[:12], e)
-
-    async def _pin_version(self, rec: dict) -> None:
-        """Fetch everything of one version: its trees level by level (the engine's
-        ``ensure_trees``), then per batch of manifests the manifests, all their chunks in
-        windows several at a time (stored as they arrive), and the manifests last, which
-        the engine verifies against those chunks. The engine's ``ensure`` ends it, for
-        anything still missing."""
-        engine = self.node.engine
-        root = bytes.fromhex(rec["root"])
-        if rec["kind"] == "fs":
-            await trio.to_thread.run_sync(engine.ensure_trees, root)
-            files = await trio.to_thread.run_sync(self._files_of, root)
-        else:
-            files = [("manifest", root)]
-        has = engine.chunks.has
-        missing = await trio.to_thread.run_sync(lambda: [w for w in files if not has(*w)])
-        for i in range(0, len(missing), PIN_MANIFESTS):
-            mans = [b for b in await self.fetch_objects(missing[i:i + PIN_MANIFESTS], ahead=False)
-                    if b[0] == "manifest"]
-            chunks = await trio.to_thread.run_sync(self._missing_chunks, mans)
-            windows = [chunks[j:j + PIN_WINDOW] for j in range(0, len(chunks), PIN_WINDOW)]
-            slots = trio.Semaphore(PIN_PARALLEL)
-
-            async def one(part):
-                try:
-                    await self.fetch_objects(part, ahead=False)
-                finally:
-                    slots.release()
-            async with trio.open_nursery() as n:
-                for part in windows:
-                    await slots.acquire()
-                    n.start_soon(one, part)
-            try:
-                await trio.to_thread.run_sync(engine.chunks.accept, mans)
-            except (Corrupt, EngineError) as e:
-                log.warning("pin: a manifest was refused (%s); the engine fetches it again", e)
-        await trio.to_thread.run_sync(lambda: [engine.chunks.ensure(files[j:j + 4096])
-                                               for j in range(0, len(files), 4096)])
-
-    def _missing_chunks(self, mans: list) -> list:
-        has = self.node.engine.chunks.has
-        want = dict.fromkeys(("chunk", c) for b in mans for c in objects.Manifest.decode(b[1], b[2]).chunks)
-        return [w for w in want if not has(*w)]
-
-    def _files_of(self, root: bytes) -> list:
-        """("manifest", hash) of every regular file under tree ``root`` (all local)."""
-        engine = self.node.engine
-        files, stack, seen = [], [root], set()
-        while stack:
-            h = stack.pop()
-            if h in seen:
-                continue
-            seen.add(h)
-            for e in engine.chunks.tree(h).entries:
-                if e.is_dir:
-                    stack.append(e.hash)
-                elif e.is_file and e.hash:
-                    files.append(("manifest", e.hash))
-        return list(dict.fromkeys(files))

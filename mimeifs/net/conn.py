@@ -240,6 +240,11 @@ class Connection:
                 t = msg["t"]
                 if t == "block":
                     blocks.append(msg.get("b"))
+                elif t == "blocks":
+                    bs = msg.get("bs")
+                    if not isinstance(bs, list):
+                        raise RemoteError(E_MALFORMED, "a blocks frame without a list", self.peer_id)
+                    blocks.extend(bs)
                 elif t == "dont_have":
                     dont.extend(msg.get("w") or ())
                 elif t == "done":

@@ -14,6 +14,7 @@ connection direction; ``re`` = the request ID a reply answers):
 ``t``                 fields                                                    reply
 ====================  ========================================================  =========
 ``want``              ``w``: [[kind, key], ...]; ``have``: bool (only say if)   stream
+``where``             ``w``: [chunk hash, ...] (at most 8192)                   ``have``
 ``cancel``            ``re``: the want to stop (Bitswap's cancel)               none
 ``records``           ``m``: MiMei ID (hex)                                     ``recs``   
 ``pin`` / ``unpin``   ``m``; ``all``: bool (all versions)                       ``ok``/err
@@ -23,8 +24,11 @@ connection direction; ``re`` = the request ID a reply answers):
 ====================  ========================================================  =========
 
 Replies to a ``want``: any number of ``block`` (``b``: a Block as a list, see
-``engine/fetch.py``), ``have`` / ``dont_have`` (``w``: wants), then ``done``; or
-``error``. ``error`` carries ``code`` (below) and ``msg``; ``ok`` may carry fields.
+``engine/fetch.py``) or ``blocks`` (``bs``: a list of them, small blocks sharing a frame), ``have`` / ``dont_have`` (``w``: wants), then ``done``; or
+``error``. A want of kind ``pack`` (key: a pack ID learned from ``where``) is answered
+with the whole pack as stored and no members (the asker knows which it wants). The
+reply to ``where`` is one ``have`` with ``at``: [[hash, pack ID or nil, offset, length,
+pack size], ...] for the chunks held. ``error`` carries ``code`` (below) and ``msg``; ``ok`` may carry fields.
 """
 
 from __future__ import annotations
@@ -54,8 +58,8 @@ CODE_NAMES = {E_MALFORMED: "malformed", E_TOO_LARGE: "too-large", E_NOT_FOUND: "
               E_FORBIDDEN: "forbidden", E_CREDIT: "credit", E_BUSY: "busy", E_INTERNAL: "internal",
               E_DECLINED: "declined", E_BAD_RECORD: "bad-record"}
 
-REQUESTS = frozenset({"want", "cancel", "records", "pin", "unpin", "iou", "ping", "hello", "auth"})
-REPLIES = frozenset({"block", "have", "dont_have", "done", "recs", "ok", "error"})
+REQUESTS = frozenset({"want", "where", "cancel", "records", "pin", "unpin", "iou", "ping", "hello", "auth"})
+REPLIES = frozenset({"block", "blocks", "have", "dont_have", "done", "recs", "ok", "error"})
 
 
 class ProtocolError(Exception):

@@ -128,13 +128,19 @@ async def _has_prov(node, mid):
 class LyingServing(Serving):
     """Serves every block with one byte flipped, and records with a forged version."""
 
+    @staticmethod
+    def _flip(b):
+        b = list(b)
+        data = bytearray(b[2])
+        data[len(data) // 2] ^= 1
+        b[2] = bytes(data)
+        return b
+
     async def _charged(self, conn, rid, t, **fields):
         if t == "block":
-            b = list(fields["b"])
-            data = bytearray(b[2])
-            data[len(data) // 2] ^= 1
-            b[2] = bytes(data)
-            fields["b"] = b
+            fields["b"] = self._flip(fields["b"])
+        elif t == "blocks":
+            fields["bs"] = [self._flip(b) for b in fields["bs"]]
         return await super()._charged(conn, rid, t, **fields)
 
 
@@ -158,6 +164,48 @@ def test_lying_peer_is_marked_bad_and_the_honest_one_used(tmp_path):
         assert b.engine.chunks.stats["refused"] >= 1  # refused by accept: nothing of it stored
 
     run_nodes(tmp_path, body, {"a": {}, "liar": {}, "b": {"want_batch": 1}})
+
+
+def test_pin_takes_whole_packs_and_refuses_a_liars(tmp_path):
+    """A pin wants whole packs from the provider that says where its chunks are; a
+    provider whose packs do not verify is marked bad and the pin completes from the
+    honest one, byte for byte."""
+    files = sample_files(big=3 << 20)
+
+    async def body(nodes, nursery):
+        a, liar, b = nodes["a"], nodes["liar"], nodes["b"]
+        mid = await trio.to_thread.run_sync(author_tree, a.engine, files)
+        await connect_all([a, liar, b])
+        await wait_for(lambda: _has_prov(a, mid))
+        await liar.client.pin(mid)          # honest so far: whole packs from a
+        assert await trio.to_thread.run_sync(read_version, liar.engine, mid) == files
+        served = a.meter.served[liar.id]
+        assert served >= sum(len(v) for v in files.values()) // 2  # the random big file crossed
+        assert liar.client.whole_packs >= 3       # the 3 MiB random file went as packs
+        liar.serving = PackLiar(liar)
+        await wait_for(lambda: _prov_count(b, mid, 2))
+        b.client.candidates = _liar_first(b.client.candidates, liar.id)
+        await b.client.pin(mid)
+        assert await trio.to_thread.run_sync(read_version, b.engine, mid) == files
+        assert b.is_bad(liar.id) and "bad pack" in b.bad[liar.id][1]
+        assert b.engine.chunks.stats["refused"] >= 1
+
+    run_nodes(tmp_path, body, {"a": {}, "liar": {}, "b": {}})
+
+
+class PackLiar(LyingServing):
+    """Flips a byte in every whole pack it serves, and nothing else."""
+
+    @staticmethod
+    def _flip(b):
+        return LyingServing._flip(b) if b[0] == "pack" else b
+
+
+def _liar_first(candidates, liar_id):
+    async def ordered(*args, **kw):
+        got = await candidates(*args, **kw)
+        return sorted(got, key=lambda p: p[0] != liar_id)
+    return ordered
 
 
 async def _prov_count(node, mid, n):
