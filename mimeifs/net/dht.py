@@ -33,6 +33,9 @@ The kademlia 2.2.3 / rpcudp 5.0.1 limits, and what this module does about each:
    crawls here (:class:`CollectCrawl`, :class:`NodeCrawl`) count such a node as not
    answering without asking it: Kademlia's rule that a node which fails to respond is
    left out of the lookup (Maymounkov & Mazieres 2002, section 2.3), kept across lookups.
+   A round also stops waiting for the nodes still silent :data:`STRAGGLE` seconds after
+   its latest answer (:func:`_round`; the paper lets a lookup go on without them), so a
+   node meets each dead one at the cost of about half a second, not ``wait_timeout``.
 6. *``set_digest`` raises ValueError when no node answers* (``max()`` of an empty
    list): :meth:`DHTServer.publish` never calls it and stores locally in that case.
 7. *``welcome_if_new`` hashes keys that are already hashed* (``digest(key)`` of a stored
@@ -213,6 +216,48 @@ class RecordProtocol(KademliaProtocol):
         return result
 
 
+#: A crawl round waits for its slowest answers at most this long after the latest one
+#: (or twice the time its first answer took, if longer) instead of ``wait_timeout``.
+STRAGGLE = 0.5
+
+
+async def _round(crawl, rpcmethod, late: dict | None = None, patient: bool = False) -> dict:
+    """One round of ``crawl`` (kademlia's ``SpiderCrawl._find`` up to its gather): ask
+    its next uncontacted nodes, and return ``{node ID: (answered, value)}`` once all
+    answered, or once the rest are late (:data:`STRAGGLE`; limit 9): a late node counts
+    as not answering in this crawl (added to ``late``, ID -> Node), while its request
+    runs on and its reply or miss is recorded by the protocol as usual. A round where
+    nobody answers waits ``wait_timeout`` as before, and so does a ``patient`` one."""
+    count = crawl.alpha
+    if crawl.nearest.get_ids() == crawl.last_ids_crawled:
+        count = len(crawl.nearest)
+    crawl.last_ids_crawled = crawl.nearest.get_ids()
+    tasks, peers = {}, {}
+    for peer in crawl.nearest.get_uncontacted()[:count]:
+        tasks[peer.id] = asyncio.ensure_future(rpcmethod(peer, crawl.node))
+        peers[peer.id] = peer
+        crawl.nearest.mark_contacted(peer)
+    loop = asyncio.get_running_loop()
+    start, first, pending = loop.time(), None, set(tasks.values())
+    while pending:
+        wait = None if first is None or patient else max(STRAGGLE, 2 * (first - start))
+        done, pending = await asyncio.wait(pending, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+        if not done:
+            break
+        if first is None and any(t.result()[0] for t in done):
+            first = loop.time()
+    out = {}
+    for pid, t in tasks.items():
+        if t.done():
+            out[pid] = t.result()
+        else:
+            t.add_done_callback(lambda t: t.cancelled() or t.exception())  # nothing left unretrieved
+            out[pid] = (False, None)
+            if late is not None:
+                late[pid] = peers[pid]
+    return out
+
+
 async def _ask_unless_silent(protocol, method, peer, target, skipped: dict | None = None):
     """``method(peer, target)``, or a missed reply at once if ``peer`` is silent (limit 9;
     the peer is then added to ``skipped``, ID -> Node)."""
@@ -229,14 +274,16 @@ class NodeCrawl(NodeSpiderCrawl):
 
     async def find(self):
         p = self.protocol
-        return await self._find(lambda peer, target: _ask_unless_silent(p, p.call_find_node, peer, target))
+        found = await _round(self, lambda peer, target: _ask_unless_silent(p, p.call_find_node, peer, target))
+        return await self._nodes_found(found)
 
 
 class CollectCrawl(ValueSpiderCrawl):
     """A value crawl that does not stop at the first round with a value: it asks every
     one of the k nearest nodes, validates each value and merges them (limit 2).
-    Nodes known to be silent are not asked (limit 9) unless the crawl would otherwise
-    end without any value: then it asks them too, once, as kademlia would have.
+    Nodes known to be silent are not asked, nor late ones waited for (limit 9), unless
+    the crawl would otherwise end without any value: then it asks those too, once,
+    waiting for them as kademlia would have.
     After :meth:`find`: ``rounds`` (RPC rounds, the lookup's hops) and ``values``."""
 
     def __init__(self, protocol, node, peers, ksize, alpha):
@@ -250,10 +297,12 @@ class CollectCrawl(ValueSpiderCrawl):
     async def find(self):
         self.rounds += 1
         p, skipped = self.protocol, self.skipped
-        if skipped is None:
-            return await self._find(p.call_find_value)
-        return await self._find(lambda peer, target: _ask_unless_silent(p, p.call_find_value, peer, target,
-                                                                        skipped))
+        if skipped is None:   # the last resort: silent ones asked, everyone waited for
+            found = await _round(self, p.call_find_value, patient=True)
+        else:
+            found = await _round(self, lambda peer, target: _ask_unless_silent(p, p.call_find_value, peer,
+                                                                               target, skipped), skipped)
+        return await self._nodes_found(found)
 
     async def _nodes_found(self, responses):
         toremove = []
@@ -387,6 +436,10 @@ class DHT:
             ready.set()
             self.loop.run_forever()
             self.server.stop()
+            left = asyncio.all_tasks(self.loop)   # requests of crawls that stopped waiting
+            for t in left:
+                t.cancel()
+            self.loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
             self.loop.run_until_complete(self.loop.shutdown_asyncgens())
             self.loop.close()
 
