@@ -11,7 +11,7 @@ The kademlia 2.2.3 / rpcudp 5.0.1 limits, and what this module does about each:
    MiMei); bulk data never goes through the DHT but over the stream protocol.
 2. *``get`` answers from a local copy without asking the network, and otherwise takes
    the most common value of the first round that found any.* :meth:`DHTServer.lookup`
-   replaces it: :class:`CollectCrawl` keeps crawling until the k nearest nodes have
+   replaces it: ``crawl.CollectCrawl`` keeps crawling until the k nearest nodes have
    all been asked, validates every value it is given, and merges them (provider sets
    united, the highest version kept) together with the local copy.
 3. *``set`` reports success when every store refused* (``any`` of RPC results that are
@@ -30,11 +30,11 @@ The kademlia 2.2.3 / rpcudp 5.0.1 limits, and what this module does about each:
    (seconds per lookup, and a reader that looks up several MiMei per fetch waited tens
    of seconds). :class:`RecordProtocol` remembers a node that missed a reply for
    ``skip_for`` seconds (forgotten as soon as it answers or sends a request), and the
-   crawls here (:class:`CollectCrawl`, :class:`NodeCrawl`) count such a node as not
+   crawls (``crawl.py``: ``CollectCrawl``, ``NodeCrawl``) count such a node as not
    answering without asking it: Kademlia's rule that a node which fails to respond is
    left out of the lookup (Maymounkov & Mazieres 2002, section 2.3), kept across lookups.
-   A round also stops waiting for the nodes still silent :data:`STRAGGLE` seconds after
-   its latest answer (:func:`_round`; the paper lets a lookup go on without them), so a
+   A round also stops waiting for the nodes still silent ``crawl.STRAGGLE`` seconds after
+   its latest answer (``crawl._round``; the paper lets a lookup go on without them), so a
    node meets each dead one at the cost of about half a second, not ``wait_timeout``.
 6. *``set_digest`` raises ValueError when no node answers* (``max()`` of an empty
    list): :meth:`DHTServer.publish` never calls it and stores locally in that case.
@@ -59,13 +59,13 @@ import threading
 import time
 from collections import Counter
 
-from kademlia.crawling import NodeSpiderCrawl, RPCFindResponse, ValueSpiderCrawl
 from kademlia.network import Server
 from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
 from kademlia.storage import IStorage
 
 from . import records as R
+from .crawl import CollectCrawl, NodeCrawl
 
 log = logging.getLogger("mimeifs.net.dht")
 
@@ -214,132 +214,6 @@ class RecordProtocol(KademliaProtocol):
         self.misses.pop(node.id, None)
         self.welcome_if_new(node)
         return result
-
-
-#: A crawl round waits for its slowest answers at most this long after the latest one
-#: (or twice the time its first answer took, if longer) instead of ``wait_timeout``.
-STRAGGLE = 0.5
-
-
-async def _round(crawl, rpcmethod, late: dict | None = None, patient: bool = False) -> dict:
-    """One round of ``crawl`` (kademlia's ``SpiderCrawl._find`` up to its gather): ask
-    its next uncontacted nodes, and return ``{node ID: (answered, value)}`` once all
-    answered, or once the rest are late (:data:`STRAGGLE`; limit 9): a late node counts
-    as not answering in this crawl (added to ``late``, ID -> Node), while its request
-    runs on and its reply or miss is recorded by the protocol as usual. A round where
-    nobody answers waits ``wait_timeout`` as before, and so does a ``patient`` one."""
-    count = crawl.alpha
-    if crawl.nearest.get_ids() == crawl.last_ids_crawled:
-        count = len(crawl.nearest)
-    crawl.last_ids_crawled = crawl.nearest.get_ids()
-    tasks, peers = {}, {}
-    for peer in crawl.nearest.get_uncontacted()[:count]:
-        tasks[peer.id] = asyncio.ensure_future(rpcmethod(peer, crawl.node))
-        peers[peer.id] = peer
-        crawl.nearest.mark_contacted(peer)
-    loop = asyncio.get_running_loop()
-    start, first, pending = loop.time(), None, set(tasks.values())
-    while pending:
-        wait = None if first is None or patient else max(STRAGGLE, 2 * (first - start))
-        done, pending = await asyncio.wait(pending, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
-        if not done:
-            break
-        if first is None and any(t.result()[0] for t in done):
-            first = loop.time()
-    out = {}
-    for pid, t in tasks.items():
-        if t.done():
-            out[pid] = t.result()
-        else:
-            t.add_done_callback(lambda t: t.cancelled() or t.exception())  # nothing left unretrieved
-            out[pid] = (False, None)
-            if late is not None:
-                late[pid] = peers[pid]
-    return out
-
-
-async def _ask_unless_silent(protocol, method, peer, target, skipped: dict | None = None):
-    """``method(peer, target)``, or a missed reply at once if ``peer`` is silent (limit 9;
-    the peer is then added to ``skipped``, ID -> Node)."""
-    if protocol.is_silent(peer.id):
-        protocol.skipped += 1
-        if skipped is not None:
-            skipped[peer.id] = peer
-        return (False, None)
-    return await method(peer, target)
-
-
-class NodeCrawl(NodeSpiderCrawl):
-    """kademlia's node crawl that does not ask nodes known to be silent (limit 9)."""
-
-    async def find(self):
-        p = self.protocol
-        found = await _round(self, lambda peer, target: _ask_unless_silent(p, p.call_find_node, peer, target))
-        return await self._nodes_found(found)
-
-
-class CollectCrawl(ValueSpiderCrawl):
-    """A value crawl that does not stop at the first round with a value: it asks every
-    one of the k nearest nodes, validates each value and merges them (limit 2).
-    Nodes known to be silent are not asked, nor late ones waited for (limit 9), unless
-    the crawl would otherwise end without any value: then it asks those too, once,
-    waiting for them as kademlia would have.
-    After :meth:`find`: ``rounds`` (RPC rounds, the lookup's hops) and ``values``."""
-
-    def __init__(self, protocol, node, peers, ksize, alpha):
-        super().__init__(protocol, node, peers, ksize, alpha)
-        self.rounds = 0
-        self.kind = None
-        self.payload = None
-        self.first_hit_round = None
-        self.skipped: dict[bytes, Node] | None = {}   # None: silent nodes are asked too
-
-    async def find(self):
-        self.rounds += 1
-        p, skipped = self.protocol, self.skipped
-        if skipped is None:   # the last resort: silent ones asked, everyone waited for
-            found = await _round(self, p.call_find_value, patient=True)
-        else:
-            found = await _round(self, lambda peer, target: _ask_unless_silent(p, p.call_find_value, peer,
-                                                                               target, skipped), skipped)
-        return await self._nodes_found(found)
-
-    async def _nodes_found(self, responses):
-        toremove = []
-        for peerid, response in responses.items():
-            response = RPCFindResponse(response)
-            if not response.happened():
-                toremove.append(peerid)
-            elif response.has_value():
-                try:
-                    kind, payload = R.decode(self.node.id, response.get_value())
-                except R.InvalidRecord as e:
-                    log.info("ignored an invalid DHT value: %s", e)
-                    continue
-                self._merge(kind, payload)
-                if self.first_hit_round is None:
-                    self.first_hit_round = self.rounds
-            else:
-                self.nearest.push(response.get_node_list())
-        self.nearest.remove(toremove)
-        if self.nearest.have_contacted_all():
-            if self.payload is not None or not self.skipped:
-                return self.payload
-            again, self.skipped = list(self.skipped.values()), None
-            for n in again:
-                self.nearest.contacted.discard(n.id)
-            self.nearest.push(again)
-        return await self.find()
-
-    def _merge(self, kind, payload):
-        if self.kind is None:
-            self.kind = kind
-        if kind != self.kind:
-            return
-        if kind == "prov":
-            self.payload = R.merge_providers(self.payload or [], payload)
-        else:
-            self.payload = R.newer_version(self.payload, payload)
 
 
 class DHTServer(Server):
