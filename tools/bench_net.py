@@ -23,8 +23,10 @@ loopback, or network namespaces with a delay and a rate limit).
       .venv/bin/pip install NetfilterQueue
 - ``dht``: N headless nodes on loopback; ten of them author a MiMei and replicate it
   with ``--copies 3``; provider lookups from random nodes (median hops, p50/p99 time);
-  then 20% of the other nodes are killed (-9), and every MiMei must stay readable and
-  its replicas come back to 3.
+  then 20% of the nodes are killed (-9, authors among them); the surviving authors'
+  replicas must come back to 3 live holders, and every MiMei must stay readable (pinned
+  within 120 s) from a node that holds none; an unreadable one is listed with the error
+  its pin printed, its holders (alive or killed) and the reader's provider lookup.
 
 Prints a table and writes ``--json``. Nothing here is a test; CI does not run it.
 """
@@ -359,8 +361,9 @@ def bench_dht(work: Path, n: int, results: dict) -> None:
             mm(s, "import", src, mid, "--backup")
             mids.append(mid)
         time.sleep(7)  # publish loops
+        first_holders = {}
         for s, mid in zip(authors, mids):
-            mm(s, "replicate", mid, "--copies", "3", "--json")
+            first_holders[mid] = json.loads(mm(s, "replicate", mid, "--copies", "3", "--json"))["holders"]
         times, hops = [], []
         for _ in range(100):
             s = random.choice(stores)
@@ -369,8 +372,13 @@ def bench_dht(work: Path, n: int, results: dict) -> None:
             got = json.loads(mm(s, "providers", mid, "--json"))
             times.append(time.perf_counter() - t)
             assert got, "no providers found"
+        ids, held = {}, {}
         for s in stores:
-            h = json.loads(mm(s, "net", "status", "--json"))["dht"]["hops_median"]
+            st = json.loads(mm(s, "net", "status", "--json"))
+            ids[s] = st["node"]
+            for mid, r in st["replicas"].items():
+                held[mid] = r.get("holders", [])
+            h = st["dht"]["hops_median"]
             if h is not None:
                 hops.append(h)
         times.sort()
@@ -379,6 +387,7 @@ def bench_dht(work: Path, n: int, results: dict) -> None:
                                  "note": "time of `mimeifs providers` (CLI start ~0.1 s included)"}
         reader = stores[-1]
         victims = random.sample(stores[:-1], n // 5)   # 20% of the nodes, authors included
+        dead = {ids[s] for s in victims}
         for s in victims:
             nodes.kill9(s)
         t0 = time.perf_counter()
@@ -386,22 +395,51 @@ def bench_dht(work: Path, n: int, results: dict) -> None:
         alive_authors = [(s, mid) for s, mid in zip(authors, mids) if s not in victims]
         while time.perf_counter() - t0 < 120:
             reps = [json.loads(mm(s, "net", "status", "--json"))["replicas"].get(mid, {}) for s, mid in alive_authors]
-            # restored = three holders that finished their copy and answer (none pending)
-            if all(len(r.get("holders", [])) >= 3 and not r.get("pending") for r in reps):
+            # restored = three holders, none of them killed, that finished their copy and
+            # answer (none pending); the list an author shows may date from before the kill
+            if all(len(set(r.get("holders", [])) - dead) >= 3 and not r.get("pending") for r in reps):
                 ok_copies = True
                 break
             time.sleep(2)
         restored = time.perf_counter() - t0
-        readable = 0
-        for mid in mids:   # from a node that holds none of them, with 20% of the nodes gone
+        readable, unreadable, pin_s = 0, {}, []
+        for s, mid in zip(authors, mids):   # from a node that holds none of them, with 20% of the nodes gone
+            t = time.perf_counter()
             try:
                 mm(reader, "pin", mid, timeout=120)
                 readable += 1
-            except Exception:
-                pass
+                pin_s.append(round(time.perf_counter() - t, 1))
+            except subprocess.TimeoutExpired:
+                err = "timed out after 120 s"
+            except Exception as e:
+                err = str(e).strip()
+            else:
+                continue
+            # what the reader could see, for the report: its provider lookup now, and who
+            # held the MiMei when it was replicated (alive or killed)
+            try:
+                provs = [p["node"] for p in json.loads(mm(reader, "providers", mid, "--json"))]
+            except Exception as e:
+                provs = f"lookup failed: {e}"
+            unreadable[mid] = {"error": err, "seconds": round(time.perf_counter() - t, 1),
+                               "author": ids[s], "author_killed": s in victims,
+                               "replicated_to": {p: "killed" if p in dead else "alive"
+                                                 for p in held.get(mid, first_holders.get(mid, []))},
+                               "providers_seen_after": {p: "killed" if p in dead else "alive" for p in provs}
+                               if isinstance(provs, list) else provs}
+        after = []   # provider lookups with 20% of the nodes dead (their records still out)
+        for _ in range(30):
+            s = random.choice([s for s in stores if s not in victims])
+            t = time.perf_counter()
+            mm(s, "providers", random.choice(mids), "--json")
+            after.append(time.perf_counter() - t)
+        after.sort()
+        results["dht_lookup_after_kill"] = {"p50_s": after[len(after) // 2], "p99_s": after[-1],
+                                            "note": "30 lookups from live nodes after the pins; p99 = max"}
         results["dht_kill20"] = {"killed": len(victims), "authors_killed": len(mids) - len(alive_authors),
                                  "replicas_restored_to_3": ok_copies, "seconds_to_restore": restored,
-                                 "readable": f"{readable}/{len(mids)}"}
+                                 "readable": f"{readable}/{len(mids)}", "pin_seconds": pin_s,
+                                 "unreadable": unreadable}
     finally:
         nodes.close()
 

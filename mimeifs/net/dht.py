@@ -11,7 +11,7 @@ The kademlia 2.2.3 / rpcudp 5.0.1 limits, and what this module does about each:
    MiMei); bulk data never goes through the DHT but over the stream protocol.
 2. *``get`` answers from a local copy without asking the network, and otherwise takes
    the most common value of the first round that found any.* :meth:`DHTServer.lookup`
-   replaces it: :class:`CollectCrawl` keeps crawling until the k nearest nodes have
+   replaces it: ``crawl.CollectCrawl`` keeps crawling until the k nearest nodes have
    all been asked, validates every value it is given, and merges them (provider sets
    united, the highest version kept) together with the local copy.
 3. *``set`` reports success when every store refused* (``any`` of RPC results that are
@@ -23,6 +23,19 @@ The kademlia 2.2.3 / rpcudp 5.0.1 limits, and what this module does about each:
 5. *A contact is dropped after one missed reply* (``handle_call_response``): the
    Kademlia paper drops one only after several; :class:`RecordProtocol` drops it after
    ``max_misses`` (3) replies in a row are missed.
+9. *A crawl asks every node it hears of, dead or not, and each round waits for its
+   slowest answer* (``SpiderCrawl._find`` gathers ``alpha`` RPCs in lockstep). After
+   nodes die, the live ones go on naming them in their answers until their own tables
+   drop them, so every lookup waited ``wait_timeout`` per round that reached a dead node
+   (seconds per lookup, and a reader that looks up several MiMei per fetch waited tens
+   of seconds). :class:`RecordProtocol` remembers a node that missed a reply for
+   ``skip_for`` seconds (forgotten as soon as it answers or sends a request), and the
+   crawls (``crawl.py``: ``CollectCrawl``, ``NodeCrawl``) count such a node as not
+   answering without asking it: Kademlia's rule that a node which fails to respond is
+   left out of the lookup (Maymounkov & Mazieres 2002, section 2.3), kept across lookups.
+   A round also stops waiting for the nodes still silent ``crawl.STRAGGLE`` seconds after
+   its latest answer (``crawl._round``; the paper lets a lookup go on without them), so a
+   node meets each dead one at the cost of about half a second, not ``wait_timeout``.
 6. *``set_digest`` raises ValueError when no node answers* (``max()`` of an empty
    list): :meth:`DHTServer.publish` never calls it and stores locally in that case.
 7. *``welcome_if_new`` hashes keys that are already hashed* (``digest(key)`` of a stored
@@ -46,13 +59,13 @@ import threading
 import time
 from collections import Counter
 
-from kademlia.crawling import NodeSpiderCrawl, RPCFindResponse, ValueSpiderCrawl
 from kademlia.network import Server
 from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
 from kademlia.storage import IStorage
 
 from . import records as R
+from .crawl import CollectCrawl, NodeCrawl
 
 log = logging.getLogger("mimeifs.net.dht")
 
@@ -133,12 +146,32 @@ class RecordProtocol(KademliaProtocol):
     dropped, and ``welcome_if_new`` on the stored keys themselves (limits 4, 5, 7)."""
 
     max_misses = 3
+    #: Seconds a node that missed a reply is not asked by crawls (limit 9); it is asked
+    #: again as soon as it answers or sends anything.
+    skip_for = 120.0
 
     def __init__(self, source_node, storage, ksize, wait_timeout=5.0):
         super().__init__(source_node, storage, ksize)
         self._wait_timeout = wait_timeout
         self.misses: Counter = Counter()
+        self.silent: dict[bytes, float] = {}     # node ID -> monotonic time of its last miss
         self.refused = 0
+        self.skipped = 0
+
+    def is_silent(self, node_id: bytes) -> bool:
+        """Whether ``node_id`` missed a reply within ``skip_for`` seconds and has not
+        been heard from since (crawls do not ask it)."""
+        t = self.silent.get(node_id)
+        if t is None:
+            return False
+        if time.monotonic() - t > self.skip_for:
+            del self.silent[node_id]
+            return False
+        return True
+
+    def heard_from(self, node_id: bytes) -> None:
+        """``node_id`` answered or asked something: it is alive."""
+        self.silent.pop(node_id, None)
 
     def rpc_store(self, sender, nodeid, key, value):
         source = Node(nodeid, sender[0], sender[1])
@@ -152,6 +185,7 @@ class RecordProtocol(KademliaProtocol):
         return True
 
     def welcome_if_new(self, node):
+        self.heard_from(node.id)  # called for every request a node sends and every reply
         if not self.router.is_new_node(node):
             return
         for key, value in self.storage:
@@ -168,6 +202,9 @@ class RecordProtocol(KademliaProtocol):
 
     def handle_call_response(self, result, node):
         if not result[0]:
+            self.silent[node.id] = time.monotonic()
+            if len(self.silent) > 10000:
+                self.silent.pop(next(iter(self.silent)))
             self.misses[node.id] += 1
             if self.misses[node.id] >= self.max_misses:
                 log.info("no reply from %s %d times: removing it", node, self.misses[node.id])
@@ -177,55 +214,6 @@ class RecordProtocol(KademliaProtocol):
         self.misses.pop(node.id, None)
         self.welcome_if_new(node)
         return result
-
-
-class CollectCrawl(ValueSpiderCrawl):
-    """A value crawl that does not stop at the first round with a value: it asks every
-    one of the k nearest nodes, validates each value and merges them (limit 2).
-    After :meth:`find`: ``rounds`` (RPC rounds, the lookup's hops) and ``values``."""
-
-    def __init__(self, protocol, node, peers, ksize, alpha):
-        super().__init__(protocol, node, peers, ksize, alpha)
-        self.rounds = 0
-        self.kind = None
-        self.payload = None
-        self.first_hit_round = None
-
-    async def find(self):
-        self.rounds += 1
-        return await self._find(self.protocol.call_find_value)
-
-    async def _nodes_found(self, responses):
-        toremove = []
-        for peerid, response in responses.items():
-            response = RPCFindResponse(response)
-            if not response.happened():
-                toremove.append(peerid)
-            elif response.has_value():
-                try:
-                    kind, payload = R.decode(self.node.id, response.get_value())
-                except R.InvalidRecord as e:
-                    log.info("ignored an invalid DHT value: %s", e)
-                    continue
-                self._merge(kind, payload)
-                if self.first_hit_round is None:
-                    self.first_hit_round = self.rounds
-            else:
-                self.nearest.push(response.get_node_list())
-        self.nearest.remove(toremove)
-        if self.nearest.have_contacted_all():
-            return self.payload
-        return await self.find()
-
-    def _merge(self, kind, payload):
-        if self.kind is None:
-            self.kind = kind
-        if kind != self.kind:
-            return
-        if kind == "prov":
-            self.payload = R.merge_providers(self.payload or [], payload)
-        else:
-            self.payload = R.newer_version(self.payload, payload)
 
 
 class DHTServer(Server):
@@ -252,7 +240,7 @@ class DHTServer(Server):
         for node_id in self.protocol.get_refresh_ids():
             node = Node(node_id)
             nearest = self.protocol.router.find_neighbors(node, self.alpha)
-            results.append(NodeSpiderCrawl(self.protocol, node, nearest, self.ksize, self.alpha).find())
+            results.append(NodeCrawl(self.protocol, node, nearest, self.ksize, self.alpha).find())
         await asyncio.gather(*results)
 
     async def lookup(self, dkey: bytes):
@@ -284,7 +272,7 @@ class DHTServer(Server):
         nearest = self.protocol.router.find_neighbors(node)
         if not nearest:
             return 0
-        nodes = await NodeSpiderCrawl(self.protocol, node, nearest, self.ksize, self.alpha).find()
+        nodes = await NodeCrawl(self.protocol, node, nearest, self.ksize, self.alpha).find()
         results = await asyncio.gather(*[self.protocol.call_store(n, dkey, value) for n in nodes])
         return sum(1 for ok, answer in results if ok and answer is True)
 
@@ -322,6 +310,10 @@ class DHT:
             ready.set()
             self.loop.run_forever()
             self.server.stop()
+            left = asyncio.all_tasks(self.loop)   # requests of crawls that stopped waiting
+            for t in left:
+                t.cancel()
+            self.loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
             self.loop.run_until_complete(self.loop.shutdown_asyncgens())
             self.loop.close()
 
@@ -386,7 +378,9 @@ class DHT:
         return self._run(get(), 10)
 
     def stats(self) -> dict:
-        """``{"size", "stored", "refused", "hops_median"}``."""
+        """``{"size", "stored", "refused", "hops_median", "lookups", "skipped"}``
+        (``skipped``: RPCs a crawl did not send to a node known to be silent)."""
         hops = sorted(self.server.hops)
         return {"size": self.size(), "stored": len(self.server.storage), "refused": self.server.protocol.refused,
-                "hops_median": hops[len(hops) // 2] if hops else None, "lookups": len(hops)}
+                "hops_median": hops[len(hops) // 2] if hops else None, "lookups": len(hops),
+                "skipped": self.server.protocol.skipped}

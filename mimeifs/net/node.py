@@ -418,7 +418,9 @@ class NetNode:
 
     async def replicate(self, mimei: str, copies: int) -> dict:
         """Ask peers with credit here to pin ``mimei`` until ``copies`` live holders
-        (other than this node) exist; remembered and re-checked in a loop. Returns
+        (other than this node) exist; remembered and re-checked in a loop. Peers are
+        asked nearest first by XOR distance between their node ID and the MiMei ID
+        (Kademlia's placement, Maymounkov & Mazieres 2002 section 2.3). Returns
         ``{"mimei", "copies", "holders", "asked": {peer: answer}}``."""
         entry = self.replicas.setdefault(mimei, {"copies": copies, "asked": {}, "pending": {}})
         entry["copies"] = copies
@@ -441,7 +443,9 @@ class NetNode:
                 holders.append(pid)
             else:
                 entry["pending"].pop(pid, None)
-        cands = [p for p in await self._credit_peers() if p[0] not in holders]
+        target = int(mimei, 16)   # not the peers met first: those held a copy of everything
+        cands = sorted((p for p in await self._credit_peers() if p[0] not in holders),
+                       key=lambda p: int(p[0], 16) ^ target)
         for pid, addr in cands:
             if len(holders) >= copies:
                 break
@@ -455,6 +459,8 @@ class NetNode:
                 entry["asked"][pid] = f"declined: {e.msg}"
             except Exception as e:
                 entry["asked"][pid] = f"unreachable: {e}"
+                if isinstance(e, OSError):
+                    self.mark_down(pid, str(e))
         entry["holders"] = holders
         return {"mimei": mimei, "copies": copies, "holders": holders, "asked": dict(entry["asked"]),
                 "pending": sorted(entry["pending"])}

@@ -128,3 +128,59 @@ def test_a_contact_survives_one_missed_reply(net):
         assert proto.router.is_new_node(victim) is False
     proto.handle_call_response((False, None), victim)
     assert proto.router.is_new_node(victim) is True
+
+
+def test_dead_nodes_are_not_asked_again_and_lookups_still_find(net):
+    """Nodes killed (UDP socket gone, no reply ever): the first lookup after waits for
+    them once; later lookups do not ask them again (each round of a crawl used to wait
+    ``wait_timeout`` for every dead node the live ones still name), and still find
+    every live provider. A lookup that finds nothing asks them after all; a silent node
+    that speaks again is asked again."""
+    keys, nodes = net
+    mid = _info(NodeKey.generate())["id"]
+    assert nodes[1].announce(keys[1], mid, ("127.0.0.1", 4001), ttl=60) > 0
+    assert nodes[2].announce(keys[2], mid, ("127.0.0.1", 4002), ttl=60) > 0
+    dead = nodes[5:]
+    for d in dead:
+        d.stop()
+    dead_ids = {bytes.fromhex(k.id) for k in keys[5:]}
+    reader = nodes[3]
+    proto = reader.server.protocol
+    asked: list[bytes] = []
+    real = proto.call_find_value
+
+    async def counting(peer, target):
+        asked.append(peer.id)
+        return await real(peer, target)
+    proto.call_find_value = counting
+
+    assert {r["node"] for r in reader.providers(mid)} == {keys[1].id, keys[2].id}
+    met = dead_ids & set(asked)
+    assert met                               # the first lookup met them
+    # it did not wait for them (STRAGGLE); their misses are recorded when their
+    # requests time out (wait_timeout 1 s here)
+    deadline = time.monotonic() + 10
+    while not all(proto.is_silent(i) for i in met) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert all(proto.is_silent(i) for i in met)
+    for _ in range(3):
+        asked.clear()
+        assert {r["node"] for r in reader.providers(mid)} == {keys[1].id, keys[2].id}
+        assert not dead_ids & set(asked), "a node known to be dead was asked again"
+    assert reader.stats()["skipped"] > 0
+
+    # nothing found among the live ones: the silent ones are asked too, once
+    asked.clear()
+    assert reader.providers(_info(NodeKey.generate(), "none")["id"]) == []
+    assert dead_ids & set(asked)
+
+    # a silent node that sends a request is alive again: asked by the next lookup
+    live = nodes[4]
+    lid = bytes.fromhex(keys[4].id)
+    proto.silent[lid] = time.monotonic()
+    assert proto.is_silent(lid)
+    live.bootstrap([("127.0.0.1", reader.port)])   # pings the reader
+    assert not proto.is_silent(lid)
+    asked.clear()
+    reader.providers(mid)
+    assert lid in asked
