@@ -50,6 +50,7 @@ class Client(Pinning):
         self.node = node
         self.recent: dict[str, float] = {}          # MiMei -> last use (providers asked first)
         self._prov: dict[str, tuple[float, list]] = {}
+        self._crawling: dict[str, trio.Event] = {}  # MiMei -> its provider lookup in flight
         self.inflight: dict[tuple, trio.Event] = {}
         self._prefetch_slots = trio.Semaphore(PREFETCH_PARALLEL)
         self._tree_prefetch_busy = 0
@@ -64,24 +65,44 @@ class Client(Pinning):
         hit = self._prov.get(mimei)
         if hit and not fresh and time.monotonic() - hit[0] < PROVIDER_CACHE:
             return hit[1]
+        ev = self._crawling.get(mimei)
+        if ev is not None:  # one crawl per MiMei at a time: the others wait for its answer
+            await ev.wait()
+            hit = self._prov.get(mimei)
+            return hit[1] if hit else []
+        ev = self._crawling[mimei] = trio.Event()
         try:
-            recs = await trio.to_thread.run_sync(node.dht.providers, mimei, abandon_on_cancel=True)
-        except Exception as e:  # a DHT failure is a miss, never a crash
-            log.info("provider lookup of %s failed: %s", mimei[:12], e)
-            recs = []
-        got = [(r["node"], tuple(r["addr"])) for r in recs]
-        self._prov[mimei] = (time.monotonic(), got)
-        return got
+            try:
+                recs = await trio.to_thread.run_sync(node.dht.providers, mimei, abandon_on_cancel=True)
+            except Exception as e:  # a DHT failure is a miss, never a crash
+                log.info("provider lookup of %s failed: %s", mimei[:12], e)
+                recs = []
+            got = [(r["node"], tuple(r["addr"])) for r in recs]
+            self._prov[mimei] = (time.monotonic(), got)
+            return got
+        finally:
+            del self._crawling[mimei]
+            ev.set()
+
+    def cached_providers(self, mimei: str) -> list[tuple[str, tuple]]:
+        """The providers of ``mimei`` last found, however old (no lookup)."""
+        hit = self._prov.get(mimei)
+        return hit[1] if hit else []
 
     async def candidates(self, mimei: str | None = None, prefer: str | None = None) -> list[tuple[str, tuple]]:
         """Peers to ask, best first: ``prefer``, providers of ``mimei`` (or of the MiMei
-        used most recently), then connected peers; bad peers left out."""
+        used most recently, and the last known providers of the three before it: after
+        nodes die a lookup can take seconds, and a fetch round asked for four of them),
+        then connected peers; bad peers left out."""
         out: list[tuple[str, tuple | None]] = []
         if prefer:
             out.append((prefer, self.node.addr_of(prefer)))
-        ms = [mimei] if mimei else sorted(self.recent, key=self.recent.get, reverse=True)[:4]
-        for m in ms:
-            out.extend(await self.providers(m))
+        if mimei:
+            out.extend(await self.providers(mimei))
+        else:  # the MiMei read last is looked up; the three before it from the cache only
+            ms = sorted(self.recent, key=self.recent.get, reverse=True)[:4]
+            for i, m in enumerate(ms):
+                out.extend(await self.providers(m) if i == 0 else self.cached_providers(m))
         out.extend((p, c.peer_listen) for p, c in list(self.node.conns.items()))
         seen, res = set(), []
         for p, a in out:
