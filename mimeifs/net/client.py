@@ -207,28 +207,38 @@ class Client(Pinning):
             self._prefetch_slots.release()
 
     async def _ask(self, peer: tuple, batch: list, answers: list) -> None:
+        got = await self._on_peer(peer, "want", lambda c: c.want(batch, self.node.cfg.request_timeout))
+        if got is not None:
+            good = await self._store_answer(peer[0], got[0], "block")
+            if good is not None:
+                answers.append((peer[0], good))
+
+    async def _on_peer(self, peer: tuple, what: str, fn):
+        """``await fn(conn)`` on a connection to ``peer`` (node ID, address), or None if
+        it fails: a refusal is noted (:meth:`_remote_error`), an unreachable peer marked
+        down, anything else (timed out, connection lost) logged as the failed ``what``."""
         pid, addr = peer
         try:
-            conn = await self.node.connect(pid, addr)
-            blocks, _dont = await conn.want(batch, self.node.cfg.request_timeout)
+            return await fn(await self.node.connect(pid, addr))
         except RemoteError as e:
             self._remote_error(pid, e)
-            return
         except OSError as e:
             self.node.mark_down(pid, str(e))
-            return
-        except Exception as e:  # timed out, connection lost
-            log.info("want from %s failed: %s", pid[:12], e)
-            return
+        except Exception as e:
+            log.info("%s from %s failed: %s", what, pid[:12], e)
+        return None
+
+    async def _store_answer(self, pid: str, blocks: list, what: str) -> list | None:
+        """Verify and store peer ``pid``'s answer (:meth:`_absorb`, in a worker thread);
+        None if a block is bad (the peer is marked bad for serving a bad ``what``; none
+        of the answer is kept) or storing failed here (disk full...: not its fault)."""
         try:
-            good = await trio.to_thread.run_sync(self._absorb, blocks)
+            return await trio.to_thread.run_sync(self._absorb, blocks)
         except (verify.BadBlock, Corrupt) as e:
-            self.node.mark_bad(pid, f"served a bad block: {e}")
-            return
-        except Exception:  # storing failed here (disk full, ...): not the peer's fault
-            log.exception("storing blocks from %s", pid[:12])
-            return
-        answers.append((pid, good))
+            self.node.mark_bad(pid, f"served a bad {what}: {e}")
+        except Exception:
+            log.exception("storing %ss from %s", what, pid[:12])
+        return None
 
     def _absorb(self, received: list) -> list[tuple]:
         """Verify one peer's answer and store its chunks, packs and trees at once

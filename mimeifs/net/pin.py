@@ -26,8 +26,6 @@ import trio
 from ..engine import objects
 from ..engine.errors import Corrupt, EngineError
 from ..engine.fetch import FetchError
-from . import verify
-from .wire import RemoteError
 
 log = logging.getLogger("mimeifs.net")
 
@@ -46,7 +44,7 @@ PACK_SHARE = 0.5
 
 class Pinning:
     """The pinning half of :class:`~.client.Client` (it needs ``node``, ``recent``,
-    ``fetch_mimei``, ``fetch_objects``, ``candidates``, ``_absorb``, ``_remote_error``)."""
+    ``fetch_mimei``, ``fetch_objects``, ``candidates``, ``_on_peer``, ``_store_answer``)."""
 
     #: Whole packs fetched and stored by pins (``mimeifs net status``, tests).
     whole_packs = 0
@@ -164,29 +162,24 @@ class Pinning:
         if not wants:
             return wants
         node = self.node
-        for pid, addr in (await self.candidates())[:4]:
-            try:
-                conn = await node.connect(pid, addr)
-                at: list = []
-                for i in range(0, len(wants), WHERE_BATCH):
-                    r = await conn.request("where", timeout=node.cfg.request_timeout,
-                                           w=[h for _, h in wants[i:i + WHERE_BATCH]])
-                    at.extend(r.get("at") or [])
-            except RemoteError as e:
-                self._remote_error(pid, e)
-                continue
-            except OSError as e:
-                node.mark_down(pid, str(e))
-                continue
-            except Exception as e:  # timed out, connection lost
-                log.info("where from %s failed: %s", pid[:12], e)
+
+        async def where(conn):
+            at: list = []
+            for i in range(0, len(wants), WHERE_BATCH):
+                r = await conn.request("where", timeout=node.cfg.request_timeout,
+                                       w=[h for _, h in wants[i:i + WHERE_BATCH]])
+                at.extend(r.get("at") or [])
+            return at
+        for peer in (await self.candidates())[:4]:
+            at = await self._on_peer(peer, "where", where)
+            if at is None:
                 continue
             whole = self._whole_packs(at, {h for _, h in wants})
             log.info("pin: %d of %d chunks located at %s, %d packs wanted whole", len(at), len(wants),
-                     pid[:12], len(whole))
+                     peer[0][:12], len(whole))
             if whole:
                 await self._in_windows(list(whole.items()), PACKS_PER_WANT,
-                                       lambda part, p=(pid, addr): self._want_packs(p, dict(part)))
+                                       lambda part, p=peer: self._want_packs(p, dict(part)))
             return await trio.to_thread.run_sync(node.engine.chunks.missing, wants)
         return wants
 
@@ -211,31 +204,16 @@ class Pinning:
         """Want the packs ``members`` names whole from ``peer``; verify and store each
         with its members. A bad pack marks the peer bad (its chunks are fetched again
         as chunk wants)."""
-        pid, addr = peer
-        node = self.node
-        try:
-            conn = await node.connect(pid, addr)
-            got, _dont = await conn.want([("pack", p) for p in members], node.cfg.request_timeout)
-        except RemoteError as e:
-            self._remote_error(pid, e)
-            return
-        except OSError as e:
-            node.mark_down(pid, str(e))
-            return
-        except Exception as e:
-            log.info("pack want from %s failed: %s", pid[:12], e)
+        got = await self._on_peer(peer, "pack want", lambda c: c.want([("pack", p) for p in members],
+                                                                     self.node.cfg.request_timeout))
+        if got is None:
             return
         blocks = []
-        for b in got:
+        for b in got[0]:
             if not (isinstance(b, list) and len(b) == 4 and b[0] == "pack" and isinstance(b[1], bytes)
                     and bytes(b[1]) in members):
-                node.mark_bad(pid, "answered a pack want with something else")
+                self.node.mark_bad(peer[0], "answered a pack want with something else")
                 return
             blocks.append(["pack", b[1], b[2], [list(m) for m in members[bytes(b[1])]]])
-        try:
-            await trio.to_thread.run_sync(self._absorb, blocks)
+        if await self._store_answer(peer[0], blocks, "pack") is not None:
             self.whole_packs += len(blocks)
-        except (verify.BadBlock, Corrupt) as e:
-            node.mark_bad(pid, f"served a bad pack: {e}")
-        except Exception:  # storing failed here (disk full, ...): not the peer's fault
-            log.exception("storing packs from %s", pid[:12])
