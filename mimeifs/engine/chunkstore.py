@@ -208,13 +208,7 @@ class ChunkStore:
                 if part:
                     stored += self.accept(self._fetch(part))
                 self._hash_along(hashing.values())
-            self._hash_along(hashing.values())
-            try:
-                done = [(m, enc) for m, enc in decoded if hashing[m.hash].verified()]
-            except Corrupt:
-                with self._lock:
-                    self.stats["refused"] += 1
-                raise
+            done = [(m, enc) for m, enc in decoded if self._hashed_matches(hashing[m.hash])]
             stored += self._store_manifests(done)
             stored += self.accept([("manifest", m.hash, enc) for m, enc in decoded
                                    if not hashing[m.hash].complete()])
@@ -400,15 +394,17 @@ class ChunkStore:
     def _verify_manifest(self, m: objects.Manifest) -> bool:
         """True if the chunks of ``m`` hash, together, to its content hash; raises
         ChunkMissing if some are not here, Corrupt if they do not match."""
-        hasher = blake3.blake3()
-        with self.store.read() as txn:
-            missing = [("chunk", c) for c in m.chunks if txn.get(c, db=self.d_blocks) is None]
-            if missing:
-                raise ChunkMissing(missing)
-            for c, n in zip(m.chunks, m.lengths):
-                hasher.update(self.chunk_in(txn, c, n))
-        if hasher.digest() != m.hash:
+        h = _Hashing(m)
+        self._hash_along([h])
+        if not h.complete():
+            raise ChunkMissing(self.missing([("chunk", c) for c in m.chunks[h.i:]]))
+        return self._hashed_matches(h)
+
+    def _hashed_matches(self, h: _Hashing) -> bool:
+        """:meth:`_Hashing.verified`, counting a manifest that does not match as refused."""
+        try:
+            return h.verified()
+        except Corrupt:
             with self._lock:
                 self.stats["refused"] += 1
-            raise Corrupt(f"received manifest {m.hash.hex()} does not describe its content")
-        return True
+            raise
