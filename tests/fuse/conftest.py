@@ -9,6 +9,7 @@ SIGKILL of that one pid), so a failing test never leaves a mount behind.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -202,28 +203,30 @@ def _is_dead_mount(p) -> bool:
     return False
 
 
-@pytest.fixture(scope="session")
-def mfs(tmp_path_factory):
-    """One store mounted for the whole session. Tests create their own MiMei in it."""
-    m = MimeiFS(tmp_path_factory.mktemp("mfs"))
+@contextlib.contextmanager
+def mounted(m):
+    """``m`` (a MimeiFS or subclass) initialised and mounted; unmounted and its
+    mountpoint removed on the way out, however the test ended."""
     m.init()
     m.mount()
     try:
         yield m
     finally:
         m.cleanup(remove_mountpoint=True)
+
+
+@pytest.fixture(scope="session")
+def mfs(tmp_path_factory):
+    """One store mounted for the whole session. Tests create their own MiMei in it."""
+    with mounted(MimeiFS(tmp_path_factory.mktemp("mfs"))) as m:
+        yield m
 
 
 @pytest.fixture
 def fresh_mfs(tmp_path):
     """A store of its own, mounted, for tests that remount, kill or swap keys."""
-    m = MimeiFS(tmp_path)
-    m.init()
-    m.mount()
-    try:
+    with mounted(MimeiFS(tmp_path)) as m:
         yield m
-    finally:
-        m.cleanup(remove_mountpoint=True)
 
 
 _counter = [0]

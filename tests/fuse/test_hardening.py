@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import MimeiFS, wait_for
+from .conftest import MimeiFS, mounted, wait_for
 
 
 @pytest.fixture
@@ -37,12 +37,8 @@ def small_fs():
 def small_mfs(small_fs):
     m = MimeiFS(small_fs / "base")
     m.base.mkdir()
-    m.init()
-    m.mount()
-    try:
+    with mounted(m):
         yield m
-    finally:
-        m.cleanup(remove_mountpoint=True)
 
 
 def _fill(path: Path, chunk: bytes) -> int:

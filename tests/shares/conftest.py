@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from fuse.conftest import MimeiFS, pid_alive, wait_for  # noqa: F401  (re-exported)
+from fuse.conftest import MimeiFS, mounted, pid_alive, wait_for  # noqa: F401  (re-exported)
 
 
 class SharedFS(MimeiFS):
@@ -38,10 +38,5 @@ class SharedFS(MimeiFS):
 @pytest.fixture(scope="module")
 def sfs(tmp_path_factory):
     """One store mounted for a test module; tests use share names of their own."""
-    m = SharedFS(tmp_path_factory.mktemp("shares"))
-    m.init()
-    m.mount()
-    try:
+    with mounted(SharedFS(tmp_path_factory.mktemp("shares"))) as m:
         yield m
-    finally:
-        m.cleanup(remove_mountpoint=True)
